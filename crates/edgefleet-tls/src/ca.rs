@@ -16,8 +16,11 @@ use time::OffsetDateTime;
 use crate::TlsError;
 
 /// How long before `now` a new certificate's validity starts, to absorb small clock skew
-/// between the server and its nodes.
-const BACKDATE: time::Duration = time::Duration::minutes(5);
+/// between the server and its nodes: five minutes, or a tenth of the lifetime for very
+/// short-lived certificates, so renewal at two thirds of the lifetime stays meaningful.
+fn backdate(validity: Duration) -> time::Duration {
+    to_time(validity / 10).min(time::Duration::minutes(5))
+}
 
 fn generate(what: &'static str) -> impl FnOnce(rcgen::Error) -> TlsError {
     move |source| TlsError::Generate { what, source }
@@ -64,7 +67,7 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        params.not_before = now - BACKDATE;
+        params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + time::Duration::days(3650);
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key).map_err(generate("CA certificate"))?;
@@ -121,7 +124,7 @@ impl Ca {
             .collect();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.not_before = now - BACKDATE;
+        params.not_before = now - backdate(validity);
         params.not_after = now + to_time(validity);
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
@@ -152,7 +155,7 @@ impl Ca {
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = now - BACKDATE;
+        params.not_before = now - backdate(validity);
         params.not_after = now + to_time(validity);
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
