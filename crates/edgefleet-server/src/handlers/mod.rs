@@ -1,0 +1,12 @@
+//! Route handlers, one module per area of the route table (`crate::routes`): `meta`
+//! (health, CA, OpenAPI), `agent` (enrollment and the node channel), `nodes`,
+//! `deployments`, `tokens` (join tokens, API tokens, audit log).
+//!
+//! Handlers authenticate nothing themselves: the route table's access middleware has
+//! already put an `ApiCaller` or `NodeCaller` into the request.
+
+pub mod agent;
+pub mod deployments;
+pub mod meta;
+pub mod nodes;
+pub mod tokens;
