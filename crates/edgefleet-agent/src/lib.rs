@@ -1,1 +1,294 @@
-//! edgefleet-agent
+//! The edgefleet node agent.
+//!
+//! It enrolls the node once (`enroll`), then keeps the node running its last committed
+//! desired state (`journal`) whether or not the server is reachable, supervising workloads
+//! through the pure `edgefleet_core::supervisor` state machine (`reconcile`) and a runtime
+//! (`runtime`). Over one mTLS channel (`channel`) it long-polls for new desired states
+//! (`desired`), reports status, heartbeats and facts (`report`, `facts`), and renews its
+//! certificate before it expires (`renew`).
+//!
+//! **Invariant:** nothing in the agent decides about restarts; the supervisor does.
+//! Reconnecting to the server never restarts a healthy workload.
+//! **Boundary:** `AgentArgs` and `run` (used by the lean `edgefleet-agent` binary and by
+//! `edgefleet agent`).
+
+#![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod datadir;
+pub mod desired;
+pub mod enroll;
+pub mod facts;
+pub mod fsutil;
+pub mod identity;
+pub mod journal;
+pub mod reconcile;
+pub mod renew;
+pub mod report;
+pub mod runtime;
+pub mod shutdown;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use edgefleet_core::backoff::Backoff;
+use edgefleet_core::labels::{parse_assignments, validate_name};
+use edgefleet_wire::{DurationSpec, JoinString, Labels};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::datadir::DataDir;
+use crate::enroll::EnrollParams;
+use crate::identity::{Identity, IdentityStore};
+use crate::journal::{Journal, JournalError};
+use crate::reconcile::Reconciler;
+use crate::runtime::{ProcessConfig, ProcessRuntime, pidfile};
+use crate::shutdown::Shutdown;
+
+/// The agent's command-line flags; each can also be set through its `EDGEFLEET_*` variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Where the agent keeps its identity, journal, pid files and workload logs
+    #[arg(
+        long,
+        env = "EDGEFLEET_AGENT_DATA_DIR",
+        default_value = "/var/lib/edgefleet-agent"
+    )]
+    pub data_dir: PathBuf,
+    /// Join string from `edgefleet token create`; needed only until the node is enrolled
+    #[arg(long, env = "EDGEFLEET_JOIN")]
+    pub join: Option<String>,
+    /// Node name to enroll as (default: the hostname, lowercased)
+    #[arg(long, env = "EDGEFLEET_NODE_NAME")]
+    pub name: Option<String>,
+    /// Labels to enroll with, `key=value,key2=value2`
+    #[arg(long, env = "EDGEFLEET_NODE_LABELS", default_value = "")]
+    pub labels: String,
+    /// How often the agent sends a heartbeat (and its status) to the server
+    #[arg(long, env = "EDGEFLEET_HEARTBEAT_INTERVAL", default_value = "15s")]
+    pub heartbeat_interval: DurationSpec,
+    /// Size at which a workload's stdout.log or stderr.log is rotated, in bytes
+    #[arg(long, env = "EDGEFLEET_LOG_MAX_BYTES", default_value_t = 1048576)]
+    pub log_max_bytes: u64,
+    /// Rotated log files kept per stream (`.1` to `.N`)
+    #[arg(long, env = "EDGEFLEET_LOG_FILES", default_value_t = 3)]
+    pub log_files: u32,
+}
+
+/// The delay before reconnect attempt `attempt + 1`, jittered so that a fleet that lost
+/// its server does not come back in lockstep.
+pub(crate) fn reconnect_delay(attempt: u32) -> Duration {
+    Backoff::RECONNECT.jittered(attempt, rand::random::<f64>())
+}
+
+/// Flags checked once, before anything happens.
+struct Validated {
+    labels: Labels,
+    heartbeat_interval: Duration,
+}
+
+fn validate(args: &AgentArgs) -> anyhow::Result<Validated> {
+    let labels = parse_assignments(&args.labels).context("--labels")?;
+    let heartbeat_interval = args.heartbeat_interval.as_duration();
+    if heartbeat_interval.is_zero() {
+        bail!("--heartbeat-interval must be longer than 0s");
+    }
+    if args.log_max_bytes == 0 {
+        bail!("--log-max-bytes must be at least 1");
+    }
+    if let Some(name) = &args.name {
+        validate_name(name).map_err(|reason| {
+            anyhow::anyhow!(
+                "--name {name:?} {reason} (a node name is a DNS label such as gateway-17)"
+            )
+        })?;
+    }
+    Ok(Validated {
+        labels,
+        heartbeat_interval,
+    })
+}
+
+/// Runs the agent until `shutdown` resolves, then stops every workload (SIGTERM, SIGKILL
+/// after its grace period) and returns.
+pub async fn run(
+    args: AgentArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let validated = validate(&args)?;
+    let (trigger, mut shutdown_rx) = shutdown::channel();
+    let watcher = AbortOnDrop(tokio::spawn(async move {
+        shutdown.await;
+        trigger.trigger();
+    }));
+
+    let data = DataDir::new(&args.data_dir);
+    data.prepare()
+        .with_context(|| format!("the data directory {} is not usable", data.root().display()))?;
+    let _lock = data.lock()?;
+    let store = IdentityStore::new(&data.identity());
+    let Some(identity) =
+        obtain_identity(&args, &validated, &store, &data, &mut shutdown_rx).await?
+    else {
+        return Ok(());
+    };
+    let channel = Arc::new(channel::ServerChannel::new(&identity)?);
+    info!(node = %identity.node, server = %identity.server_url, data_dir = %data.root().display(), "agent starting");
+
+    // Before anything starts: a crashed predecessor's processes must not run twice.
+    let leftovers = pidfile::stop_leftovers(&data.run(), pidfile::LEFTOVER_GRACE).await;
+    if !leftovers.is_empty() {
+        warn!(workloads = %leftovers.join(", "), "stopped processes left over from a previous agent run");
+    }
+
+    let journal = Journal::new(&data.journal());
+    let initial = load_journal(&journal)?;
+    let known_generation = initial.as_ref().map_or(0, |s| s.generation);
+    if let Some(state) = &initial {
+        info!(
+            generation = state.generation,
+            workloads = state.workloads.len(),
+            "starting workloads from the journal"
+        );
+    }
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let runtime = ProcessRuntime::new(
+        ProcessConfig {
+            run_dir: data.run(),
+            logs_dir: data.logs(),
+            log_max_bytes: args.log_max_bytes,
+            log_files: args.log_files,
+        },
+        events_tx,
+    );
+    let (reconciler, status_rx) = Reconciler::new(Box::new(runtime), events_rx);
+    let (desired_tx, desired_rx) = watch::channel(initial.map(Arc::new));
+    // Dropping `run` without a shutdown (the embedding process is going away) must not
+    // leave a reconcile loop behind: it is aborted, and the workloads live on like after a
+    // crash, to be found by their pid files next time.
+    let mut reconcile_task = AbortOnDrop(tokio::spawn(
+        reconciler.run(desired_rx, shutdown_rx.clone()),
+    ));
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(desired::run(
+        channel.clone(),
+        journal,
+        desired_tx,
+        known_generation,
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(report::report_status(
+        channel.clone(),
+        status_rx,
+        validated.heartbeat_interval,
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(report::sync_facts(
+        channel.clone(),
+        data.facts_hash(),
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(renew::run(
+        channel,
+        store,
+        identity.ca_pem,
+        shutdown_rx.clone(),
+    ));
+
+    let result = tokio::select! {
+        () = shutdown_rx.wait() => {
+            info!("shutting down: stopping workloads");
+            (&mut reconcile_task.0).await
+        }
+        // The reconciler only returns after shutdown; anything else is a bug (a panic).
+        result = &mut reconcile_task.0 => result,
+    };
+    tasks.shutdown().await;
+    drop(watcher);
+    match result {
+        Ok(()) if shutdown_rx.is_triggered() => {
+            info!("agent stopped");
+            Ok(())
+        }
+        Ok(()) => bail!("the reconcile loop ended unexpectedly"),
+        Err(error) => Err(error).context("the reconcile loop failed"),
+    }
+}
+
+async fn obtain_identity(
+    args: &AgentArgs,
+    validated: &Validated,
+    store: &IdentityStore,
+    data: &DataDir,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<Option<Identity>> {
+    if let Some(identity) = store.load()? {
+        if args.join.is_some() {
+            warn!(node = %identity.node, "this node is already enrolled; ignoring --join");
+        }
+        return Ok(Some(identity));
+    }
+    let Some(join) = args.join.as_deref() else {
+        bail!(
+            "this node is not enrolled yet ({} is incomplete): pass --join (or EDGEFLEET_JOIN) \
+             with a join string from `edgefleet token create`",
+            store.dir().display()
+        );
+    };
+    let join = JoinString::decode(join).context("--join")?;
+    let facts = tokio::task::spawn_blocking(facts::gather)
+        .await
+        .unwrap_or_default();
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => identity::name_from_hostname(&facts.hostname).with_context(|| {
+            format!(
+                "the hostname {:?} does not make a node name; pass --name",
+                facts.hostname
+            )
+        })?,
+    };
+    validate_name(&name).map_err(|reason| {
+        anyhow::anyhow!("node name {name:?} (from the hostname) {reason}; pass --name")
+    })?;
+    info!(server = %join.url, name = %name, "enrolling");
+    let params = EnrollParams {
+        join,
+        name,
+        labels: validated.labels.clone(),
+    };
+    let identity = enroll::enroll(store, &params, facts.clone(), shutdown).await?;
+    if identity.is_some() {
+        // The server has these facts from the enrollment request.
+        report::remember_facts(&data.facts_hash(), &facts);
+    }
+    Ok(identity)
+}
+
+/// The journal's state; a corrupt journal is reported and set aside, and the agent starts
+/// with nothing until the server answers. An unreadable one is fatal: the data directory
+/// is broken.
+fn load_journal(journal: &Journal) -> anyhow::Result<Option<edgefleet_wire::api::DesiredState>> {
+    match journal.load() {
+        Ok(state) => Ok(state),
+        Err(error @ (JournalError::Corrupt { .. } | JournalError::CorruptNotMoved { .. })) => {
+            error!(%error, "starting without a desired state until the server sends one");
+            Ok(None)
+        }
+        Err(error) => Err(error).context("loading the journal"),
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
