@@ -1,1 +1,5 @@
-fn main() {}
+//! `edgefleet`: see the library crate for everything.
+
+fn main() -> std::process::ExitCode {
+    edgefleet::main()
+}
