@@ -32,7 +32,11 @@ impl Backoff {
     /// The caller draws `jitter`; this stays deterministic.
     pub fn jittered(self, attempt: u32, jitter: f64) -> Duration {
         let delay = self.delay(attempt);
-        let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         delay / 2 + delay.mul_f64(jitter / 2.0)
     }
 }

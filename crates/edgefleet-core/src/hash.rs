@@ -60,6 +60,9 @@ mod tests {
         assert_eq!(revision_hash(&spec("a")).len(), 64);
         // Pinned so that an accidental change of the encoding (which would restart every
         // workload in every fleet on upgrade) fails here first.
-        assert_eq!(short(&workload_hash(&spec("/bin/true").workloads[0])), "15dc605f6b80");
+        assert_eq!(
+            short(&workload_hash(&spec("/bin/true").workloads[0])),
+            "15dc605f6b80"
+        );
     }
 }

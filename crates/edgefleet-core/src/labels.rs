@@ -168,7 +168,16 @@ mod tests {
         for ok in ["site", "edgefleet.io/role", "a", "a.b-c_d", "x.y.z/name"] {
             assert_eq!(validate_key(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "-a", "a-", "a b", "/x", "pre_fix/x", &"a".repeat(64), "a/b/c"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a b",
+            "/x",
+            "pre_fix/x",
+            &"a".repeat(64),
+            "a/b/c",
+        ] {
             assert!(validate_key(bad).is_err(), "{bad}");
         }
     }

@@ -45,8 +45,12 @@ impl TokenState {
     pub fn refusal(self) -> Option<&'static str> {
         match self {
             Self::Active => None,
-            Self::Expired => Some("join token has expired; create a new one with `edgefleet token create`"),
-            Self::UsedUp => Some("join token has been used as many times as it allows; create a new one with `edgefleet token create`"),
+            Self::Expired => {
+                Some("join token has expired; create a new one with `edgefleet token create`")
+            }
+            Self::UsedUp => Some(
+                "join token has been used as many times as it allows; create a new one with `edgefleet token create`",
+            ),
             Self::Revoked => Some("join token has been revoked"),
         }
     }
@@ -90,7 +94,11 @@ pub enum RenewalDecision {
 /// The longest the agent sleeps between certificate checks.
 pub const RENEWAL_CHECK_CAP: Duration = Duration::from_secs(15 * 60);
 
-pub fn renewal_decision(now: Timestamp, not_before: Timestamp, not_after: Timestamp) -> RenewalDecision {
+pub fn renewal_decision(
+    now: Timestamp,
+    not_before: Timestamp,
+    not_after: Timestamp,
+) -> RenewalDecision {
     // A clock that jumped back before the certificate's start: the certificate looks not yet
     // valid to us, but the server's clock decides. Renewing gets a fresh certificate whose
     // validity the server computed, which is the safest thing to do in either direction.
@@ -112,11 +120,23 @@ mod tests {
         let now = datetime!(2026-01-01 12:00 UTC);
         let window = Duration::from_secs(45);
         assert_eq!(node_status(now, None, false, window), NodeStatus::Unknown);
-        assert_eq!(node_status(now, Some(now - time::Duration::seconds(10)), false, window), NodeStatus::Ready);
-        assert_eq!(node_status(now, Some(now - time::Duration::seconds(46)), false, window), NodeStatus::NotReady);
-        assert_eq!(node_status(now, Some(now), true, window), NodeStatus::Revoked);
+        assert_eq!(
+            node_status(now, Some(now - time::Duration::seconds(10)), false, window),
+            NodeStatus::Ready
+        );
+        assert_eq!(
+            node_status(now, Some(now - time::Duration::seconds(46)), false, window),
+            NodeStatus::NotReady
+        );
+        assert_eq!(
+            node_status(now, Some(now), true, window),
+            NodeStatus::Revoked
+        );
         // A node whose clock runs ahead of ours is still Ready.
-        assert_eq!(node_status(now, Some(now + time::Duration::seconds(30)), false, window), NodeStatus::Ready);
+        assert_eq!(
+            node_status(now, Some(now + time::Duration::seconds(30)), false, window),
+            NodeStatus::Ready
+        );
     }
 
     #[test]
@@ -124,9 +144,18 @@ mod tests {
         let now = datetime!(2026-01-01 12:00 UTC);
         let later = now + time::Duration::hours(1);
         assert_eq!(token_state(now, later, 0, None, false), TokenState::Active);
-        assert_eq!(token_state(later, later, 0, None, false), TokenState::Expired);
-        assert_eq!(token_state(now, later, 2, Some(2), false), TokenState::UsedUp);
-        assert_eq!(token_state(now, later, 1, Some(2), false), TokenState::Active);
+        assert_eq!(
+            token_state(later, later, 0, None, false),
+            TokenState::Expired
+        );
+        assert_eq!(
+            token_state(now, later, 2, Some(2), false),
+            TokenState::UsedUp
+        );
+        assert_eq!(
+            token_state(now, later, 1, Some(2), false),
+            TokenState::Active
+        );
         assert_eq!(token_state(now, later, 0, None, true), TokenState::Revoked);
     }
 
@@ -135,13 +164,29 @@ mod tests {
         let start = datetime!(2026-01-01 0:00 UTC);
         let end = start + time::Duration::days(3);
         assert_eq!(renewal_time(start, end), start + time::Duration::days(2));
-        assert_eq!(renewal_decision(start + time::Duration::days(2), start, end), RenewalDecision::Renew);
-        assert_eq!(renewal_decision(start + time::Duration::days(4), start, end), RenewalDecision::Renew);
-        // Clock jumped back to before the certificate was issued.
-        assert_eq!(renewal_decision(start - time::Duration::days(400), start, end), RenewalDecision::Renew);
-        assert_eq!(renewal_decision(start, start, end), RenewalDecision::Wait(RENEWAL_CHECK_CAP));
         assert_eq!(
-            renewal_decision(start + time::Duration::days(2) - time::Duration::seconds(5), start, end),
+            renewal_decision(start + time::Duration::days(2), start, end),
+            RenewalDecision::Renew
+        );
+        assert_eq!(
+            renewal_decision(start + time::Duration::days(4), start, end),
+            RenewalDecision::Renew
+        );
+        // Clock jumped back to before the certificate was issued.
+        assert_eq!(
+            renewal_decision(start - time::Duration::days(400), start, end),
+            RenewalDecision::Renew
+        );
+        assert_eq!(
+            renewal_decision(start, start, end),
+            RenewalDecision::Wait(RENEWAL_CHECK_CAP)
+        );
+        assert_eq!(
+            renewal_decision(
+                start + time::Duration::days(2) - time::Duration::seconds(5),
+                start,
+                end
+            ),
             RenewalDecision::Wait(Duration::from_secs(5))
         );
     }

@@ -100,17 +100,27 @@ pub fn validate(manifest: &DeploymentManifest) -> Result<(), (String, String)> {
     if manifest.api_version != API_VERSION {
         return Err((
             "apiVersion".into(),
-            format!("unsupported apiVersion {:?}: expected {API_VERSION:?}", manifest.api_version),
+            format!(
+                "unsupported apiVersion {:?}: expected {API_VERSION:?}",
+                manifest.api_version
+            ),
         ));
     }
     if manifest.kind != "Deployment" {
         return Err((
             "kind".into(),
-            format!("unsupported kind {:?}: expected \"Deployment\"", manifest.kind),
+            format!(
+                "unsupported kind {:?}: expected \"Deployment\"",
+                manifest.kind
+            ),
         ));
     }
-    validate_name(&manifest.metadata.name)
-        .map_err(|reason| ("metadata.name".into(), format!("name {:?} {reason}", manifest.metadata.name)))?;
+    validate_name(&manifest.metadata.name).map_err(|reason| {
+        (
+            "metadata.name".into(),
+            format!("name {:?} {reason}", manifest.metadata.name),
+        )
+    })?;
     validate_labels(&manifest.metadata.labels)
         .map_err(|e| ("metadata.labels".into(), e.to_string()))?;
     let spec = &manifest.spec;
@@ -128,7 +138,10 @@ pub fn validate(manifest: &DeploymentManifest) -> Result<(), (String, String)> {
         selector::SelectorError::Syntax { .. } => ("spec.selector".into(), e.to_string()),
     })?;
     if spec.workloads.is_empty() {
-        return Err(("spec.workloads".into(), "a deployment needs at least one workload".into()));
+        return Err((
+            "spec.workloads".into(),
+            "a deployment needs at least one workload".into(),
+        ));
     }
     let mut seen = BTreeSet::new();
     for (i, workload) in spec.workloads.iter().enumerate() {
@@ -138,24 +151,36 @@ pub fn validate(manifest: &DeploymentManifest) -> Result<(), (String, String)> {
         if !seen.insert(workload.name.as_str()) {
             return Err((
                 field("name"),
-                format!("duplicate workload name {:?} in this deployment", workload.name),
+                format!(
+                    "duplicate workload name {:?} in this deployment",
+                    workload.name
+                ),
             ));
         }
         if workload.command.trim().is_empty() {
             return Err((field("command"), "command is empty".into()));
         }
         if workload.command.contains('\0') || workload.args.iter().any(|a| a.contains('\0')) {
-            return Err((field("command"), "command and args must not contain NUL".into()));
+            return Err((
+                field("command"),
+                "command and args must not contain NUL".into(),
+            ));
         }
         for key in workload.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err((field("env"), format!("invalid environment variable name {key:?}")));
+                return Err((
+                    field("env"),
+                    format!("invalid environment variable name {key:?}"),
+                ));
             }
         }
         if let Some(dir) = &workload.working_dir
             && !dir.starts_with('/')
         {
-            return Err((field("workingDir"), format!("workingDir {dir:?} must be an absolute path")));
+            return Err((
+                field("workingDir"),
+                format!("workingDir {dir:?} must be an absolute path"),
+            ));
         }
     }
     Ok(())
@@ -207,8 +232,14 @@ spec:
         let docs = parse("f.yaml", GOOD).unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].spec.priority, 10);
-        assert_eq!(docs[0].spec.workloads[0].stop_grace_period.to_string(), "5s");
-        assert_eq!(docs[1].spec.workloads[0].stop_grace_period.to_string(), "10s");
+        assert_eq!(
+            docs[0].spec.workloads[0].stop_grace_period.to_string(),
+            "5s"
+        );
+        assert_eq!(
+            docs[1].spec.workloads[0].stop_grace_period.to_string(),
+            "10s"
+        );
     }
 
     #[test]
@@ -230,13 +261,31 @@ spec:
     #[test]
     fn semantic_errors_name_the_field() {
         let cases = [
-            (GOOD.replace("name: x", "name: server\n      command: y\n    - name: server"), "spec.workloads[1].name"),
-            (GOOD.replace("site: a", "\"bad key\": a"), "spec.selector.matchLabels.bad key"),
-            (GOOD.replace("values: [edge]", "values: []"), "spec.selector.matchExpressions[0]"),
+            (
+                GOOD.replace(
+                    "name: x",
+                    "name: server\n      command: y\n    - name: server",
+                ),
+                "spec.workloads[1].name",
+            ),
+            (
+                GOOD.replace("site: a", "\"bad key\": a"),
+                "spec.selector.matchLabels.bad key",
+            ),
+            (
+                GOOD.replace("values: [edge]", "values: []"),
+                "spec.selector.matchExpressions[0]",
+            ),
             (GOOD.replace("name: web", "name: Web"), "metadata.name"),
-            (GOOD.replacen("kind: Deployment", "kind: Rollout", 1), "kind"),
+            (
+                GOOD.replacen("kind: Deployment", "kind: Rollout", 1),
+                "kind",
+            ),
             (GOOD.replacen("edgefleet.io/v1", "v2", 1), "apiVersion"),
-            (GOOD.replace("command: /bin/true", "command: \"\""), "spec.workloads[0].command"),
+            (
+                GOOD.replace("command: /bin/true", "command: \"\""),
+                "spec.workloads[0].command",
+            ),
         ];
         for (text, field) in cases {
             let e = err(&text);
@@ -252,7 +301,15 @@ spec:
 
     #[test]
     fn garbage_never_panics() {
-        for text in ["", "---", "- a\n- b", "{", "apiVersion: 3", "\u{0}", "a: &x [*x]"] {
+        for text in [
+            "",
+            "---",
+            "- a\n- b",
+            "{",
+            "apiVersion: 3",
+            "\u{0}",
+            "a: &x [*x]",
+        ] {
             let _ = parse("g", text);
         }
     }

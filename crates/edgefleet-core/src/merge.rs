@@ -45,7 +45,12 @@ pub fn merge_for_node(labels: &Labels, deployments: &[DeploymentRef<'_>]) -> Nod
         .filter(|d| selector::matches(&d.spec.selector, labels))
         .collect();
     // Highest priority first, then by name: the first deployment to claim a name wins.
-    selecting.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then(a.name.cmp(b.name)));
+    selecting.sort_by(|a, b| {
+        b.spec
+            .priority
+            .cmp(&a.spec.priority)
+            .then(a.name.cmp(b.name))
+    });
 
     let mut winners: BTreeMap<&str, (&DeploymentRef<'_>, usize)> = BTreeMap::new();
     let mut merge = NodeMerge {
@@ -140,8 +145,16 @@ mod tests {
         let base = spec("", 0, &[("agent", "base"), ("log", "base")]);
         let site = spec("site=a", 10, &[("agent", "site")]);
         let deployments = [
-            DeploymentRef { name: "base", revision: "r1", spec: &base },
-            DeploymentRef { name: "site", revision: "r2", spec: &site },
+            DeploymentRef {
+                name: "base",
+                revision: "r1",
+                spec: &base,
+            },
+            DeploymentRef {
+                name: "site",
+                revision: "r2",
+                spec: &site,
+            },
         ];
         let merge = merge_for_node(&parse_assignments("site=a").unwrap(), &deployments);
         let got: Vec<(&str, &str)> = merge
@@ -151,7 +164,14 @@ mod tests {
             .collect();
         assert_eq!(got, vec![("agent", "site"), ("log", "base")]);
         assert!(merge.conflicts.is_empty());
-        assert_eq!(merge.shadowed, vec![Shadowed { workload: "agent".into(), deployment: "base".into(), by: "site".into() }]);
+        assert_eq!(
+            merge.shadowed,
+            vec![Shadowed {
+                workload: "agent".into(),
+                deployment: "base".into(),
+                by: "site".into()
+            }]
+        );
 
         let other = merge_for_node(&parse_assignments("site=b").unwrap(), &deployments);
         assert_eq!(other.workloads.len(), 2);
@@ -164,8 +184,16 @@ mod tests {
         let a = spec("", 5, &[("x", "a")]);
         let b = spec("", 5, &[("x", "b")]);
         let forward = [
-            DeploymentRef { name: "b", revision: "rb", spec: &b },
-            DeploymentRef { name: "a", revision: "ra", spec: &a },
+            DeploymentRef {
+                name: "b",
+                revision: "rb",
+                spec: &b,
+            },
+            DeploymentRef {
+                name: "a",
+                revision: "ra",
+                spec: &a,
+            },
         ];
         let mut backward = forward;
         backward.reverse();
@@ -173,13 +201,28 @@ mod tests {
         let m2 = merge_for_node(&Labels::new(), &backward);
         assert_eq!(m1, m2);
         assert_eq!(m1.workloads[0].deployment, "a");
-        assert_eq!(m1.conflicts, vec![Conflict { workload: "x".into(), winner: "a".into(), losers: vec!["b".into()], priority: 5 }]);
+        assert_eq!(
+            m1.conflicts,
+            vec![Conflict {
+                workload: "x".into(),
+                winner: "a".into(),
+                losers: vec!["b".into()],
+                priority: 5
+            }]
+        );
     }
 
     #[test]
     fn nothing_selected_means_nothing_desired() {
         let a = spec("site=a", 0, &[("x", "a")]);
-        let merge = merge_for_node(&Labels::new(), &[DeploymentRef { name: "a", revision: "r", spec: &a }]);
+        let merge = merge_for_node(
+            &Labels::new(),
+            &[DeploymentRef {
+                name: "a",
+                revision: "r",
+                spec: &a,
+            }],
+        );
         assert!(merge.workloads.is_empty());
     }
 

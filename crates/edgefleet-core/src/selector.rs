@@ -96,9 +96,15 @@ pub enum SelectorError {
         source: LabelError,
     },
     #[error("{field}: operator {operator:?} needs at least one value")]
-    MissingValues { field: String, operator: &'static str },
+    MissingValues {
+        field: String,
+        operator: &'static str,
+    },
     #[error("{field}: operator {operator:?} takes no values")]
-    UnexpectedValues { field: String, operator: &'static str },
+    UnexpectedValues {
+        field: String,
+        operator: &'static str,
+    },
     #[error("invalid selector {input:?} at character {position}: {reason}")]
     Syntax {
         input: String,
@@ -198,7 +204,9 @@ pub fn parse(input: &str) -> Result<Selector, SelectorError> {
             let (key, value) = (key.trim(), value.trim());
             validate_key(key).map_err(label_err)?;
             validate_value(key, value).map_err(label_err)?;
-            selector.match_labels.insert(key.to_owned(), value.to_owned());
+            selector
+                .match_labels
+                .insert(key.to_owned(), value.to_owned());
         } else if let Some(open) = term_trimmed.find('(') {
             let close = term_trimmed
                 .rfind(')')
@@ -206,7 +214,10 @@ pub fn parse(input: &str) -> Result<Selector, SelectorError> {
                 .ok_or_else(|| syntax(offset + term.len(), "missing ')'"))?;
             let head: Vec<&str> = term_trimmed[..open].split_whitespace().collect();
             let [key, op] = head.as_slice() else {
-                return Err(syntax(offset, "expected 'key in (...)' or 'key notin (...)'"));
+                return Err(syntax(
+                    offset,
+                    "expected 'key in (...)' or 'key notin (...)'",
+                ));
             };
             let operator = match *op {
                 "in" => SelectorOperator::In,
@@ -221,7 +232,10 @@ pub fn parse(input: &str) -> Result<Selector, SelectorError> {
                 .map(str::to_owned)
                 .collect();
             if values.is_empty() {
-                return Err(syntax(offset, "an 'in'/'notin' list needs at least one value"));
+                return Err(syntax(
+                    offset,
+                    "an 'in'/'notin' list needs at least one value",
+                ));
             }
             for value in &values {
                 validate_value(key, value).map_err(label_err)?;
@@ -271,7 +285,11 @@ mod tests {
     fn check(selector: &str, labels: &str, expected: bool) {
         let selector = parse(selector).unwrap();
         let labels = parse_assignments(labels).unwrap();
-        assert_eq!(matches(&selector, &labels), expected, "{selector:?} on {labels:?}");
+        assert_eq!(
+            matches(&selector, &labels),
+            expected,
+            "{selector:?} on {labels:?}"
+        );
     }
 
     #[test]
@@ -300,7 +318,15 @@ mod tests {
 
     #[test]
     fn syntax_errors() {
-        for bad in ["site in a", "site in (a", "site foo (a)", "site in ()", "a b", "=x", "site=a,,b=c"] {
+        for bad in [
+            "site in a",
+            "site in (a",
+            "site foo (a)",
+            "site in ()",
+            "a b",
+            "=x",
+            "site=a,,b=c",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

@@ -33,9 +33,17 @@ pub enum Effect {
         spec: WorkloadSpec,
     },
     /// Ask the process to stop (SIGTERM to its process group).
-    Stop { name: String, instance: u64, pid: u32 },
+    Stop {
+        name: String,
+        instance: u64,
+        pid: u32,
+    },
     /// Force it (SIGKILL to its process group); its grace period has run out.
-    Kill { name: String, instance: u64, pid: u32 },
+    Kill {
+        name: String,
+        instance: u64,
+        pid: u32,
+    },
 }
 
 /// What happened, as the shell observed it.
@@ -66,7 +74,11 @@ pub enum Event {
 enum Phase {
     /// A start was requested; waiting for `Started` or `StartFailed`.
     Starting { instance: u64 },
-    Running { instance: u64, pid: u32, since: Instant },
+    Running {
+        instance: u64,
+        pid: u32,
+        since: Instant,
+    },
     /// SIGTERM sent; SIGKILL at `deadline` unless it exits first.
     Stopping {
         instance: u64,
@@ -493,7 +505,11 @@ impl Supervisor {
                     Phase::Finished => WorkloadState::Exited,
                 };
                 let (deployment, revision, spec_hash) = match &slot.desired {
-                    Some(d) => (d.deployment.clone(), d.revision.clone(), d.spec_hash.clone()),
+                    Some(d) => (
+                        d.deployment.clone(),
+                        d.revision.clone(),
+                        d.spec_hash.clone(),
+                    ),
                     None => (
                         String::new(),
                         String::new(),

@@ -55,10 +55,20 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, bin: &Path, args: &[String], log_dir: &Path, envs: &[(&str, String)]) -> Self {
+    pub fn spawn(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        log_dir: &Path,
+        envs: &[(&str, String)],
+    ) -> Self {
         std::fs::create_dir_all(log_dir).unwrap();
         let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut command = Command::new(bin);
         command
             .args(args)
@@ -70,8 +80,14 @@ impl Proc {
         for (k, v) in envs {
             command.env(k, v);
         }
-        let child = command.spawn().unwrap_or_else(|e| panic!("spawning {name} ({}): {e}", bin.display()));
-        Self { name: name.to_owned(), child: Some(child), log }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name} ({}): {e}", bin.display()));
+        Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -127,7 +143,9 @@ impl Drop for Proc {
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
             state != Some("Z")
         }
         Err(_) => false,
@@ -189,7 +207,10 @@ impl Server {
         let start = Instant::now();
         loop {
             if let Some(code) = proc_ref.try_exit_code() {
-                panic!("server exited with {code:?} while starting:\n{}", proc_ref.log_text());
+                panic!(
+                    "server exited with {code:?} while starting:\n{}",
+                    proc_ref.log_text()
+                );
             }
             if let Ok(ca) = std::fs::read_to_string(&ca_path)
                 && let Ok(client) = https_client(&ca, None)
@@ -251,7 +272,8 @@ impl Agent {
 
     pub fn identity(&self) -> ClientIdentity {
         ClientIdentity {
-            cert_pem: std::fs::read_to_string(self.dir.join("identity/node.crt")).expect("node certificate"),
+            cert_pem: std::fs::read_to_string(self.dir.join("identity/node.crt"))
+                .expect("node certificate"),
             key_pem: std::fs::read_to_string(self.dir.join("identity/node.key")).expect("node key"),
         }
     }
@@ -260,7 +282,16 @@ impl Agent {
 impl Fleet {
     /// Starts a server with extra `server` flags.
     pub async fn start(bin: &Path, server_args: &[&str]) -> Self {
-        let tmp = tempfile::Builder::new().prefix("edgefleet-e2e-").tempdir().unwrap();
+        // EDGEFLEET_TEST_KEEP=1 keeps the directory (logs, data dirs) for a post-mortem.
+        let keep = std::env::var_os("EDGEFLEET_TEST_KEEP").is_some();
+        let tmp = tempfile::Builder::new()
+            .prefix("edgefleet-e2e-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .unwrap();
+        if keep {
+            eprintln!("test fleet directory (kept): {}", tmp.path().display());
+        }
         let mut server = Server {
             bin: bin.to_owned(),
             dir: tmp.path().to_owned(),
@@ -269,7 +300,12 @@ impl Fleet {
             proc: None,
         };
         server.start().await;
-        Self { tmp, bin: bin.to_owned(), server, agents: vec![] }
+        Self {
+            tmp,
+            bin: bin.to_owned(),
+            server,
+            agents: vec![],
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -281,8 +317,17 @@ impl Fleet {
         vec![
             ("EDGEFLEET_SERVER", self.server.url()),
             ("EDGEFLEET_TOKEN", self.server.admin_token()),
-            ("EDGEFLEET_CA_CERT", self.server.data_dir().join("ca.crt").display().to_string()),
-            ("EDGEFLEET_CONFIG", self.path().join("no-such-config.yaml").display().to_string()),
+            (
+                "EDGEFLEET_CA_CERT",
+                self.server.data_dir().join("ca.crt").display().to_string(),
+            ),
+            (
+                "EDGEFLEET_CONFIG",
+                self.path()
+                    .join("no-such-config.yaml")
+                    .display()
+                    .to_string(),
+            ),
             ("HOME", self.path().join("home").display().to_string()),
         ]
     }
@@ -294,12 +339,25 @@ impl Fleet {
 
     pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut command = Command::new(&self.bin);
-        command.args(args).envs(self.cli_env()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        command
+            .args(args)
+            .envs(self.cli_env())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = command.spawn().expect("running the CLI");
         if let Some(input) = stdin {
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
         }
         child.wait_with_output().expect("CLI output")
     }
@@ -325,7 +383,13 @@ impl Fleet {
     }
 
     /// Starts an agent; enrolls it with `join` when given.
-    pub fn spawn_agent(&mut self, name: &str, labels: &str, join: Option<&str>, extra: &[&str]) -> usize {
+    pub fn spawn_agent(
+        &mut self,
+        name: &str,
+        labels: &str,
+        join: Option<&str>,
+        extra: &[&str],
+    ) -> usize {
         let dir = self.path().join("agents").join(name);
         let mut args = vec![
             "agent".to_owned(),
@@ -348,23 +412,44 @@ impl Fleet {
             self.agents[existing].proc = Some(proc);
             return existing;
         }
-        self.agents.push(Agent { name: name.to_owned(), dir, proc: Some(proc) });
+        self.agents.push(Agent {
+            name: name.to_owned(),
+            dir,
+            proc: Some(proc),
+        });
         self.agents.len() - 1
     }
 
     pub fn agent(&mut self, name: &str) -> &mut Agent {
-        self.agents.iter_mut().find(|a| a.name == name).expect("no such agent")
+        self.agents
+            .iter_mut()
+            .find(|a| a.name == name)
+            .expect("no such agent")
     }
 
     /// An API client as the admin.
     pub fn api(&self) -> Api {
-        Api::new(&self.server.url(), &self.server.ca_pem(), Some(self.server.admin_token()), None)
+        Api::new(
+            &self.server.url(),
+            &self.server.ca_pem(),
+            Some(self.server.admin_token()),
+            None,
+        )
     }
 
     /// An API client with a node's certificate and no token.
     pub fn node_api(&self, name: &str) -> Api {
-        let agent = self.agents.iter().find(|a| a.name == name).expect("no such agent");
-        Api::new(&self.server.url(), &self.server.ca_pem(), None, Some(agent.identity()))
+        let agent = self
+            .agents
+            .iter()
+            .find(|a| a.name == name)
+            .expect("no such agent");
+        Api::new(
+            &self.server.url(),
+            &self.server.ca_pem(),
+            None,
+            Some(agent.identity()),
+        )
     }
 
     /// Waits until a node reports every desired workload running at the desired generation.
@@ -374,7 +459,8 @@ impl Fleet {
             let api = api.clone();
             let node = node.to_owned();
             async move {
-                let detail: serde_json::Value = api.get_json(&format!("/v1/nodes/{node}")).await.ok()?;
+                let detail: serde_json::Value =
+                    api.get_json(&format!("/v1/nodes/{node}")).await.ok()?;
                 converged(&detail).then_some(detail)
             }
         })
@@ -393,20 +479,33 @@ pub fn converged(detail: &serde_json::Value) -> bool {
     }
     let empty = vec![];
     let workloads = reported["workloads"].as_array().unwrap_or(&empty);
-    desired["workloads"].as_array().unwrap_or(&empty).iter().all(|want| {
-        workloads.iter().any(|got| {
-            got["name"] == want["spec"]["name"] && got["spec_hash"] == want["spec_hash"] && got["state"] == "running"
+    desired["workloads"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .all(|want| {
+            workloads.iter().any(|got| {
+                got["name"] == want["spec"]["name"]
+                    && got["spec_hash"] == want["spec_hash"]
+                    && got["state"] == "running"
+            })
         })
-    }) && workloads.iter().all(|w| w["state"] == "running")
+        && workloads.iter().all(|w| w["state"] == "running")
 }
 
 /// A reported workload of a node detail, by name.
 pub fn workload<'a>(detail: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
-    detail["reported"]["workloads"].as_array()?.iter().find(|w| w["name"] == name)
+    detail["reported"]["workloads"]
+        .as_array()?
+        .iter()
+        .find(|w| w["name"] == name)
 }
 
 /// Builds an HTTPS client trusting only `ca_pem`, optionally with a client certificate.
-pub fn https_client(ca_pem: &str, identity: Option<&ClientIdentity>) -> anyhow::Result<reqwest::Client> {
+pub fn https_client(
+    ca_pem: &str,
+    identity: Option<&ClientIdentity>,
+) -> anyhow::Result<reqwest::Client> {
     let config = edgefleet_tls::client_config(ca_pem, identity)?;
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(config)
@@ -436,7 +535,12 @@ impl Reply {
 }
 
 impl Api {
-    pub fn new(url: &str, ca_pem: &str, token: Option<String>, identity: Option<ClientIdentity>) -> Self {
+    pub fn new(
+        url: &str,
+        ca_pem: &str,
+        token: Option<String>,
+        identity: Option<ClientIdentity>,
+    ) -> Self {
         Self {
             url: url.to_owned(),
             client: https_client(ca_pem, identity.as_ref()).expect("HTTPS client"),
@@ -452,7 +556,12 @@ impl Api {
         }
     }
 
-    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<&(impl Serialize + ?Sized)>) -> anyhow::Result<Reply> {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> anyhow::Result<Reply> {
         let mut builder = self.request(method, path);
         if let Some(body) = body {
             builder = builder.json(body);
@@ -463,7 +572,13 @@ impl Api {
         Ok(Reply { status, body })
     }
 
-    pub async fn raw(&self, method: reqwest::Method, path: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Reply> {
         let response = self
             .request(method, path)
             .header("content-type", content_type)
@@ -481,7 +596,12 @@ impl Api {
 
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let reply = self.get(path).await?;
-        anyhow::ensure!(reply.status == 200, "GET {path}: {} {}", reply.status, reply.body);
+        anyhow::ensure!(
+            reply.status == 200,
+            "GET {path}: {} {}",
+            reply.status,
+            reply.body
+        );
         Ok(serde_json::from_str(&reply.body)?)
     }
 }

@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -54,7 +53,10 @@ impl std::fmt::Debug for Ca {
 
 impl Ca {
     /// Creates a new CA valid for ten years from `now`.
-    pub fn generate(common_name: &str, now: OffsetDateTime) -> Result<(Self, IssuedCert), TlsError> {
+    pub fn generate(
+        common_name: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Self, IssuedCert), TlsError> {
         let key = KeyPair::generate().map_err(generate("CA key"))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -70,7 +72,9 @@ impl Ca {
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + time::Duration::days(3650);
         params.serial_number = Some(random_serial());
-        let cert = params.self_signed(&key).map_err(generate("CA certificate"))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(generate("CA certificate"))?;
         let issued = IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -212,7 +216,8 @@ impl NodeKey {
         let csr = params
             .serialize_request(&self.key)
             .map_err(generate("certificate signing request"))?;
-        csr.pem().map_err(generate("certificate signing request PEM"))
+        csr.pem()
+            .map_err(generate("certificate signing request PEM"))
     }
 }
 
@@ -272,4 +277,3 @@ pub fn fingerprint_pem(pem: &str) -> Result<String, TlsError> {
 pub(crate) fn fingerprint_der(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
-

@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::ca::fingerprint_der;
 use crate::TlsError;
+use crate::ca::fingerprint_der;
 
 /// The crypto provider every edgefleet TLS configuration uses.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -54,16 +54,24 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, TlsError> {
 /// are optional (operators authenticate with tokens) and, when presented, must chain to the
 /// CA; which node a certificate belongs to, and whether it is revoked, the server decides
 /// per request.
-pub fn server_config(chain_pem: &str, key_pem: &str, ca_pem: &str) -> Result<ServerConfig, TlsError> {
+pub fn server_config(
+    chain_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Result<ServerConfig, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(chain_pem, "server certificate")?, key(key_pem, "server private key")?)?;
+        .with_single_cert(
+            certs(chain_pem, "server certificate")?,
+            key(key_pem, "server private key")?,
+        )?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -76,7 +84,10 @@ pub struct ClientIdentity {
 }
 
 /// A client that trusts only `ca_pem`, presenting `identity` when given.
-pub fn client_config(ca_pem: &str, identity: Option<&ClientIdentity>) -> Result<ClientConfig, TlsError> {
+pub fn client_config(
+    ca_pem: &str,
+    identity: Option<&ClientIdentity>,
+) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca_pem)?);
@@ -135,9 +146,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -147,7 +159,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -156,11 +173,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -175,19 +199,29 @@ mod tests {
         let now = time::OffsetDateTime::now_utc();
         let (ca, issued) = Ca::generate("test CA", now).unwrap();
         let server = ca
-            .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], now, Duration::from_secs(3600))
+            .issue_server(
+                &["localhost".into()],
+                &["127.0.0.1".parse().unwrap()],
+                now,
+                Duration::from_secs(3600),
+            )
             .unwrap();
         let chain = format!("{}{}", server.cert_pem, issued.cert_pem);
         server_config(&chain, &server.key_pem, ca.cert_pem()).unwrap();
 
         let node_key = NodeKey::generate().unwrap();
         let csr = node_key.csr_pem("evil-name").unwrap();
-        let (cert_pem, info) = ca.sign_node_csr(&csr, "node-a", now, Duration::from_secs(7 * 86400)).unwrap();
+        let (cert_pem, info) = ca
+            .sign_node_csr(&csr, "node-a", now, Duration::from_secs(7 * 86400))
+            .unwrap();
         // The CA, not the CSR, names the node.
         assert_eq!(info.common_name, "node-a");
         assert_eq!(cert_info(&cert_pem).unwrap(), info);
         assert!(info.not_after - now > time::Duration::days(6));
-        let identity = ClientIdentity { cert_pem, key_pem: node_key.to_pem() };
+        let identity = ClientIdentity {
+            cert_pem,
+            key_pem: node_key.to_pem(),
+        };
         client_config(ca.cert_pem(), Some(&identity)).unwrap();
         pinned_client_config(&ca.fingerprint().unwrap()).unwrap();
         // Reloading the CA from PEM gives the same fingerprint.
@@ -201,7 +235,15 @@ mod tests {
         assert!(Ca::load("x", "y").is_err());
         let now = time::OffsetDateTime::now_utc();
         let (ca, _) = Ca::generate("test CA", now).unwrap();
-        assert!(ca.sign_node_csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "n", now, Duration::from_secs(1)).is_err());
+        assert!(
+            ca.sign_node_csr(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                "n",
+                now,
+                Duration::from_secs(1)
+            )
+            .is_err()
+        );
         assert!(NodeKey::from_pem("garbage").is_err());
     }
 }

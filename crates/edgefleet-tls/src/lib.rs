@@ -18,9 +18,7 @@ mod ca;
 mod config;
 
 pub use ca::{Ca, CertInfo, IssuedCert, NodeKey, cert_info, cert_info_der, fingerprint_pem};
-pub use config::{
-    client_config, pinned_client_config, provider, server_config, ClientIdentity,
-};
+pub use config::{ClientIdentity, client_config, pinned_client_config, provider, server_config};
 
 /// Errors of the PKI and TLS configuration. Messages name the object concerned.
 #[derive(Debug, thiserror::Error)]

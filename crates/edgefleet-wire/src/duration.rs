@@ -11,7 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct DurationSpec(pub Duration);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (expected forms like 500ms, 10s, 5m, 24h, 7d, 1h30m)")]
+#[error(
+    "invalid duration {input:?}: {reason} (expected forms like 500ms, 10s, 5m, 24h, 7d, 1h30m)"
+)]
 pub struct DurationError {
     pub input: String,
     pub reason: &'static str,
@@ -45,13 +47,19 @@ impl FromStr for DurationSpec {
         let mut total_ms: u128 = 0;
         let mut rest = s;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if digits == 0 {
                 return Err(err("a number must come before each unit"));
             }
-            let value: u128 = rest[..digits].parse().map_err(|_| err("number too large"))?;
+            let value: u128 = rest[..digits]
+                .parse()
+                .map_err(|_| err("number too large"))?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit_ms: u128 = match &rest[..unit_len] {
                 "ms" => 1,
                 "s" => 1_000,
@@ -79,7 +87,12 @@ impl fmt::Display for DurationSpec {
             return f.write_str("0s");
         }
         let mut rest = ms;
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if rest >= size {
                 write!(f, "{}{unit}", rest / size)?;
                 rest %= size;
@@ -110,7 +123,10 @@ mod tests {
     use super::*;
 
     fn check(input: &str, expected_ms: Option<u64>) {
-        let got = input.parse::<DurationSpec>().ok().map(|d| d.0.as_millis() as u64);
+        let got = input
+            .parse::<DurationSpec>()
+            .ok()
+            .map(|d| d.0.as_millis() as u64);
         assert_eq!(got, expected_ms, "{input}");
     }
 

@@ -47,7 +47,8 @@ impl JoinString {
         let json = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|e| JoinError::Base64(e.to_string()))?;
-        let join: Self = serde_json::from_slice(&json).map_err(|e| JoinError::Json(e.to_string()))?;
+        let join: Self =
+            serde_json::from_slice(&json).map_err(|e| JoinError::Json(e.to_string()))?;
         if !join.url.starts_with("https://") {
             return Err(JoinError::Field {
                 field: "url",
@@ -87,8 +88,14 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert_eq!(JoinString::decode("nope"), Err(JoinError::Prefix));
-        assert!(matches!(JoinString::decode("EFJ1.!!!"), Err(JoinError::Base64(_))));
-        assert!(matches!(JoinString::decode("EFJ1.e30"), Err(JoinError::Json(_))));
+        assert!(matches!(
+            JoinString::decode("EFJ1.!!!"),
+            Err(JoinError::Base64(_))
+        ));
+        assert!(matches!(
+            JoinString::decode("EFJ1.e30"),
+            Err(JoinError::Json(_))
+        ));
         let bad_url = JoinString {
             url: "http://x".into(),
             secret: "s".into(),

@@ -39,7 +39,13 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let t0 = Instant::now();
-        Self { sup: Supervisor::new(), t0, now: t0, next_pid: 100, log: vec![] }
+        Self {
+            sup: Supervisor::new(),
+            t0,
+            now: t0,
+            next_pid: 100,
+            log: vec![],
+        }
     }
     fn at(&mut self, secs: f64) {
         self.now = self.t0 + Duration::from_secs_f64(secs);
@@ -53,7 +59,12 @@ impl Harness {
         for effect in effects {
             if let Effect::Start { name, instance, .. } = effect {
                 self.next_pid += 1;
-                let ev = Event::Started { name, instance, pid: self.next_pid, at: self.wall() };
+                let ev = Event::Started {
+                    name,
+                    instance,
+                    pid: self.next_pid,
+                    at: self.wall(),
+                };
                 let more = self.sup.on_event(self.now, ev);
                 out.extend(self.run(more));
             }
@@ -67,7 +78,15 @@ impl Harness {
     }
     fn exit(&mut self, name: &str, code: Option<i32>) -> Vec<Effect> {
         let (instance, _) = self.instance(name).expect("running");
-        let e = self.sup.on_event(self.now, Event::Exited { name: name.into(), instance, code, signal: None });
+        let e = self.sup.on_event(
+            self.now,
+            Event::Exited {
+                name: name.into(),
+                instance,
+                code,
+                signal: None,
+            },
+        );
         self.run(e)
     }
     fn tick(&mut self) -> Vec<Effect> {
@@ -75,15 +94,26 @@ impl Harness {
         self.run(e)
     }
     fn instance(&self, name: &str) -> Option<(u64, u32)> {
-        self.sup.running().into_iter().find(|(n, _, _)| n == name).map(|(_, i, p)| (i, p))
+        self.sup
+            .running()
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, i, p)| (i, p))
     }
     fn state(&self, name: &str) -> Option<WorkloadState> {
-        self.sup.status().into_iter().find(|s| s.name == name).map(|s| s.state)
+        self.sup
+            .status()
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| s.state)
     }
 }
 
 fn starts(effects: &[Effect]) -> usize {
-    effects.iter().filter(|e| matches!(e, Effect::Start { .. })).count()
+    effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Start { .. }))
+        .count()
 }
 
 #[test]
@@ -109,12 +139,26 @@ fn removal_stops_then_kills_after_grace() {
     h.set(&[desired("a", "/bin/a", RestartPolicy::Always)]);
     let (instance, pid) = h.instance("a").unwrap();
     let e = h.set(&[]);
-    assert_eq!(e, vec![Effect::Stop { name: "a".into(), instance, pid }]);
+    assert_eq!(
+        e,
+        vec![Effect::Stop {
+            name: "a".into(),
+            instance,
+            pid
+        }]
+    );
     assert_eq!(h.state("a"), Some(WorkloadState::Stopped));
     h.at(9.0);
     assert!(h.tick().is_empty());
     h.at(10.0);
-    assert_eq!(h.tick(), vec![Effect::Kill { name: "a".into(), instance, pid }]);
+    assert_eq!(
+        h.tick(),
+        vec![Effect::Kill {
+            name: "a".into(),
+            instance,
+            pid
+        }]
+    );
     // Only one SIGKILL.
     h.at(11.0);
     assert!(h.tick().is_empty());
@@ -169,7 +213,10 @@ fn rapid_exits_back_off_exponentially_and_show_a_crash_loop() {
     for _ in 0..6 {
         t += 0.1;
         h.at(t);
-        assert!(h.exit("a", Some(1)).is_empty(), "restart must wait for backoff");
+        assert!(
+            h.exit("a", Some(1)).is_empty(),
+            "restart must wait for backoff"
+        );
         let deadline = h.sup.next_deadline().unwrap();
         let delay = deadline.duration_since(h.now).as_secs_f64();
         delays.push(delay);
@@ -184,7 +231,14 @@ fn rapid_exits_back_off_exponentially_and_show_a_crash_loop() {
     assert_eq!(h.state("a"), Some(WorkloadState::CrashLooping));
     let status = &h.sup.status()[0];
     assert_eq!(status.restarts, 7);
-    assert!(status.message.as_deref().unwrap_or("").contains("crash loop"), "{status:?}");
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("crash loop"),
+        "{status:?}"
+    );
     // Running stably for a while resets the backoff.
     h.at(t + 64.0);
     h.tick();
@@ -195,12 +249,29 @@ fn rapid_exits_back_off_exponentially_and_show_a_crash_loop() {
 #[test]
 fn start_failure_is_retried_with_backoff() {
     let mut h = Harness::new();
-    let e = h.sup.set_desired(h.now, &[desired("a", "/nope", RestartPolicy::Always)]);
-    let Effect::Start { instance, .. } = e[0].clone() else { panic!("{e:?}") };
-    let more = h.sup.on_event(h.now, Event::StartFailed { name: "a".into(), instance, error: "no such file".into() });
+    let e = h
+        .sup
+        .set_desired(h.now, &[desired("a", "/nope", RestartPolicy::Always)]);
+    let Effect::Start { instance, .. } = e[0].clone() else {
+        panic!("{e:?}")
+    };
+    let more = h.sup.on_event(
+        h.now,
+        Event::StartFailed {
+            name: "a".into(),
+            instance,
+            error: "no such file".into(),
+        },
+    );
     assert!(more.is_empty());
     assert_eq!(h.state("a"), Some(WorkloadState::Pending));
-    assert!(h.sup.status()[0].message.as_deref().unwrap_or("").contains("no such file"));
+    assert!(
+        h.sup.status()[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("no such file")
+    );
     assert!(h.sup.next_deadline().is_some());
 }
 
@@ -209,20 +280,59 @@ fn stale_events_are_ignored() {
     let mut h = Harness::new();
     h.set(&[desired("a", "/bin/a", RestartPolicy::Always)]);
     let (instance, _) = h.instance("a").unwrap();
-    let e = h.sup.on_event(h.now, Event::Exited { name: "a".into(), instance: instance + 7, code: Some(1), signal: None });
+    let e = h.sup.on_event(
+        h.now,
+        Event::Exited {
+            name: "a".into(),
+            instance: instance + 7,
+            code: Some(1),
+            signal: None,
+        },
+    );
     assert!(e.is_empty());
     assert_eq!(h.state("a"), Some(WorkloadState::Running));
-    assert!(h.sup.on_event(h.now, Event::Exited { name: "zz".into(), instance: 1, code: None, signal: None }).is_empty());
+    assert!(
+        h.sup
+            .on_event(
+                h.now,
+                Event::Exited {
+                    name: "zz".into(),
+                    instance: 1,
+                    code: None,
+                    signal: None
+                }
+            )
+            .is_empty()
+    );
 }
 
 #[test]
 fn removed_while_starting_is_stopped_once_it_reports_in() {
     let mut h = Harness::new();
-    let e = h.sup.set_desired(h.now, &[desired("a", "/bin/a", RestartPolicy::Always)]);
-    let Effect::Start { instance, .. } = e[0].clone() else { panic!() };
+    let e = h
+        .sup
+        .set_desired(h.now, &[desired("a", "/bin/a", RestartPolicy::Always)]);
+    let Effect::Start { instance, .. } = e[0].clone() else {
+        panic!()
+    };
     assert!(h.sup.set_desired(h.now, &[]).is_empty());
-    let e = h.sup.on_event(h.now, Event::Started { name: "a".into(), instance, pid: 9, at: h.wall() });
-    assert_eq!(e, vec![Effect::Stop { name: "a".into(), instance, pid: 9 }]);
+    let e = h.sup.on_event(
+        h.now,
+        Event::Started {
+            name: "a".into(),
+            instance,
+            pid: 9,
+            at: h.wall(),
+        },
+    );
+    assert_eq!(
+        e,
+        vec![Effect::Stop {
+            name: "a".into(),
+            instance,
+            pid: 9
+        }]
+    );
 }
 
 #[derive(Debug, Clone)]

@@ -101,7 +101,7 @@ async fn nodes_are_isolated_and_revocation_is_immediate() {
     let a = fleet.node_api("edge-a");
     // A's certificate reads A's desired state, which does not contain B's workload.
     let own = a
-        .get("/v1/agent/desired?known_generation=0&wait_seconds=0")
+        .get("/v1/agent/desired?known_generation=999999&wait_seconds=0")
         .await
         .unwrap();
     assert_eq!(own.status, 200, "{}", own.body);
@@ -125,7 +125,7 @@ async fn nodes_are_isolated_and_revocation_is_immediate() {
     // Revocation: refused at once, shown as Revoked.
     let b = fleet.node_api("edge-b");
     assert_eq!(
-        b.get("/v1/agent/desired?known_generation=0&wait_seconds=0")
+        b.get("/v1/agent/desired?known_generation=999999&wait_seconds=0")
             .await
             .unwrap()
             .status,
@@ -133,7 +133,7 @@ async fn nodes_are_isolated_and_revocation_is_immediate() {
     );
     fleet.cli_ok(&["node", "revoke", "edge-b"]);
     let refused = b
-        .get("/v1/agent/desired?known_generation=0&wait_seconds=0")
+        .get("/v1/agent/desired?known_generation=999999&wait_seconds=0")
         .await
         .unwrap();
     assert!(
@@ -185,7 +185,7 @@ async fn certificates_renew_without_disruption() {
     assert_eq!(after["summary"]["status"], "Ready");
     let api: Api = fleet.node_api("edge-1");
     assert_eq!(
-        api.get("/v1/agent/desired?known_generation=0&wait_seconds=0")
+        api.get("/v1/agent/desired?known_generation=999999&wait_seconds=0")
             .await
             .unwrap()
             .status,
