@@ -136,3 +136,127 @@ async fn node_goes_not_ready_when_silent_and_ready_when_back() {
     fleet.spawn_agent("edge-1", "site=a", None, &[]);
     wait_ready(&fleet, 1).await;
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "this test needs root to mount a small tmpfs at {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { path }
+    }
+
+    /// Fills the disk to the last byte; returns the filler file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        let mut byte = [0u8; 1];
+        while file.write_all(&byte).is_ok() {
+            byte[0] = 1;
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_keeps_the_last_desired_state_and_recovers() {
+    let mut fleet = fleet_with(&[], &[]).await;
+    let disk = SmallDisk::mount(fleet.path().join("agents/edge-1"), "2m");
+    let join = fleet.join_token(&[]);
+    fleet.spawn_agent(
+        "edge-1",
+        "site=a",
+        Some(&join),
+        &["--log-max-bytes", "4096", "--log-files", "1"],
+    );
+    wait_ready(&fleet, 1).await;
+    apply(
+        &fleet,
+        "a.yaml",
+        &manifest("app", "", 0, &[("web", "echo v1; exec sleep 1000")]),
+    );
+    let v1 = fleet.wait_converged("edge-1", LONG).await;
+    let pid = reported_pid(&v1, "web");
+    let generation = v1["desired"]["generation"].as_u64().unwrap();
+
+    let filler = disk.fill();
+    apply(
+        &fleet,
+        "a.yaml",
+        &manifest("app", "", 0, &[("web", "echo v2; exec sleep 1000")]),
+    );
+    let journal = fleet.path().join("agents/edge-1/journal/desired.json");
+    let log = fleet.agent("edge-1").proc.as_ref().unwrap().log.clone();
+    wait_for(
+        "the agent to report the full disk, naming the journal",
+        LONG,
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            (text.contains("No space left") && text.contains("journal")).then_some(())
+        },
+    )
+    .await;
+    // Nothing accepted before is lost: the old workload runs, the journal is intact, the
+    // node has not claimed the new generation, and the agent is alive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pid_alive(pid as u32));
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&text).expect("journal is valid JSON");
+    assert!(text.contains("v1") && !text.contains("v2"), "{parsed:#}");
+    let detail: serde_json::Value = fleet.api().get_json("/v1/nodes/edge-1").await.unwrap();
+    assert_eq!(
+        detail["reported"]["applied_generation"].as_u64(),
+        Some(generation)
+    );
+    assert!(
+        fleet
+            .agent("edge-1")
+            .proc
+            .as_mut()
+            .unwrap()
+            .try_exit_code()
+            .is_none(),
+        "agent died on a full disk"
+    );
+
+    // Space comes back: the agent catches up by itself.
+    std::fs::remove_file(filler).unwrap();
+    let v2 = wait_for("edge-1 applies v2 once space is back", LONG, || {
+        let api = fleet.api();
+        async move {
+            let d: serde_json::Value = api.get_json("/v1/nodes/edge-1").await.ok()?;
+            (edgefleet_testkit::converged(&d) && d["desired"]["generation"].as_u64()? > generation)
+                .then_some(d)
+        }
+    })
+    .await;
+    assert_ne!(reported_pid(&v2, "web"), pid);
+    assert!(std::fs::read_to_string(&journal).unwrap().contains("v2"));
+    fleet.agent("edge-1").stop();
+    drop(disk);
+}
