@@ -83,7 +83,7 @@ fn human(duration: time::Duration) -> String {
     DurationSpec::from_secs(seconds).to_string()
 }
 
-fn rfc3339(at: Timestamp) -> String {
+pub(crate) fn rfc3339(at: Timestamp) -> String {
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| at.to_string())
 }

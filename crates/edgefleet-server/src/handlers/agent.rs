@@ -107,7 +107,9 @@ pub async fn enroll(
         format!("node/{name}"),
         format!(
             "enrolled with join token {}; certificate {} valid until {}",
-            token.id, cert.serial, cert.not_after
+            token.id,
+            cert.serial,
+            crate::status::rfc3339(cert.not_after)
         ),
     );
     let outcome = state
@@ -166,7 +168,9 @@ pub async fn renew(
         format!("node/{}", caller.name),
         format!(
             "certificate {} valid until {} replaces {}",
-            cert.serial, cert.not_after, caller.serial
+            cert.serial,
+            crate::status::rfc3339(cert.not_after),
+            caller.serial
         ),
     );
     let record = CertRecord {

@@ -94,7 +94,10 @@ pub async fn create_join_token(
             caller.actor(),
             "token.create",
             format!("token/{id}"),
-            format!("uses {uses}, expires at {}", record.expires_at),
+            format!(
+                "uses {uses}, expires at {}",
+                crate::status::rfc3339(record.expires_at)
+            ),
         );
         match state.store.create_join_token(record.clone(), audit).await? {
             CreateOutcome::Created => {
