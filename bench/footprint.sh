@@ -38,7 +38,7 @@ for n in 1 2 3; do
   "$lean" --data-dir "$work/agent-$n" --join "$join" --name "bench-$n" --labels "n=$n" >"$work/agent-$n.log" 2>&1 &
   pids+=("$!"); eval "agent$n=$!"
 done
-for _ in $(seq 200); do [ "$("$bin" get nodes -o json | grep -c '"Ready"')" = 3 ] && break; sleep 0.1; done
+for _ in $(seq 200); do [ "$("$bin" get nodes -o json | grep -c '"Ready"' || true)" = 3 ] && break; sleep 0.1; done
 sleep 10
 idle=$(rss_kib "$agent1")
 
@@ -52,7 +52,7 @@ done
 printf 'apiVersion: edgefleet.io/v1\nkind: Deployment\nmetadata:\n  name: ten\nspec:\n  selector:\n    matchLabels: {n: "1"}\n  workloads:\n%s' "$workloads" >"$work/ten.yaml"
 "$bin" apply -f "$work/ten.yaml" >/dev/null
 for _ in $(seq 300); do
-  running=$("$bin" describe node bench-1 -o json | grep -o '"state": *"running"' | wc -l)
+  running=$("$bin" describe node bench-1 -o json | { grep -o '"state": *"running"' || true; } | wc -l)
   [ "$running" -ge 10 ] && break; sleep 0.1
 done
 sleep 5
