@@ -120,16 +120,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn workload(name: &str, command: &str) -> WorkloadSpec {
-        WorkloadSpec {
-            name: name.into(),
-            runtime: Runtime::Process,
-            command: command.into(),
-            args: vec![],
-            env: Default::default(),
-            working_dir: None,
-            restart_policy: RestartPolicy::Always,
-            stop_grace_period: default_stop_grace_period(),
-        }
+        WorkloadSpec::process(name, command)
     }
 
     fn spec(selector: &str, priority: i32, workloads: &[(&str, &str)]) -> DeploymentSpec {

@@ -198,30 +198,13 @@ mod tests {
         let spec = DeploymentSpec {
             selector: edgefleet_core::selector::parse(selector).unwrap(),
             priority,
-            workloads: vec![WorkloadSpec {
-                name: "app".into(),
-                runtime: Runtime::Process,
-                command: command.into(),
-                args: vec![],
-                env: Default::default(),
-                working_dir: None,
-                restart_policy: RestartPolicy::Always,
-                stop_grace_period: default_stop_grace_period(),
-            }],
+            workloads: vec![WorkloadSpec::process("app", command)],
         };
         DeploymentRecord {
             name: name.into(),
             revision: edgefleet_core::hash::revision_hash(&spec),
             revision_count: 1,
-            manifest: DeploymentManifest {
-                api_version: edgefleet_wire::API_VERSION.into(),
-                kind: "Deployment".into(),
-                metadata: Metadata {
-                    name: name.into(),
-                    labels: Default::default(),
-                },
-                spec,
-            },
+            manifest: DeploymentManifest::new(name, spec),
             updated_at: time::OffsetDateTime::UNIX_EPOCH,
         }
     }

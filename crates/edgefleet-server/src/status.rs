@@ -311,16 +311,7 @@ mod tests {
     const WINDOW: Duration = Duration::from_secs(45);
 
     fn workload(name: &str) -> WorkloadSpec {
-        WorkloadSpec {
-            name: name.into(),
-            runtime: Runtime::Process,
-            command: "/bin/true".into(),
-            args: vec![],
-            env: Default::default(),
-            working_dir: None,
-            restart_policy: RestartPolicy::Always,
-            stop_grace_period: default_stop_grace_period(),
-        }
+        WorkloadSpec::process(name, "/bin/true")
     }
 
     fn deployment(name: &str, workloads: &[&str]) -> DeploymentRecord {
@@ -333,15 +324,7 @@ mod tests {
             name: name.into(),
             revision: edgefleet_core::hash::revision_hash(&spec),
             revision_count: 1,
-            manifest: DeploymentManifest {
-                api_version: edgefleet_wire::API_VERSION.into(),
-                kind: "Deployment".into(),
-                metadata: Metadata {
-                    name: name.into(),
-                    labels: Default::default(),
-                },
-                spec,
-            },
+            manifest: DeploymentManifest::new(name, spec),
             updated_at: NOW,
         }
     }

@@ -86,6 +86,37 @@ pub struct WorkloadSpec {
     pub stop_grace_period: DurationSpec,
 }
 
+impl WorkloadSpec {
+    /// A `process` workload running `command` with every other field at its default.
+    pub fn process(name: impl Into<String>, command: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            runtime: Runtime::Process,
+            command: command.into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            restart_policy: RestartPolicy::default(),
+            stop_grace_period: default_stop_grace_period(),
+        }
+    }
+}
+
+impl DeploymentManifest {
+    /// A `kind: Deployment` document of the current `apiVersion`.
+    pub fn new(name: impl Into<String>, spec: DeploymentSpec) -> Self {
+        Self {
+            api_version: crate::API_VERSION.to_owned(),
+            kind: "Deployment".to_owned(),
+            metadata: Metadata {
+                name: name.into(),
+                labels: Labels::new(),
+            },
+            spec,
+        }
+    }
+}
+
 pub const fn default_stop_grace_period() -> DurationSpec {
     DurationSpec::from_secs(10)
 }

@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
 use edgefleet_wire::api::DesiredWorkload;
-use edgefleet_wire::manifest::{RestartPolicy, Runtime, WorkloadSpec, default_stop_grace_period};
+use edgefleet_wire::manifest::{RestartPolicy, WorkloadSpec};
 use edgefleet_wire::node::WorkloadState;
 use proptest::prelude::*;
 
@@ -10,14 +10,8 @@ use crate::hash::workload_hash;
 
 fn desired(name: &str, command: &str, policy: RestartPolicy) -> DesiredWorkload {
     let spec = WorkloadSpec {
-        name: name.into(),
-        runtime: Runtime::Process,
-        command: command.into(),
-        args: vec![],
-        env: Default::default(),
-        working_dir: None,
         restart_policy: policy,
-        stop_grace_period: default_stop_grace_period(),
+        ..WorkloadSpec::process(name, command)
     };
     DesiredWorkload {
         deployment: "d".into(),

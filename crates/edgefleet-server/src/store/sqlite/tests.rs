@@ -68,16 +68,7 @@ fn manifest(name: &str, command: &str) -> DeploymentManifest {
         spec: DeploymentSpec {
             selector: Selector::default(),
             priority: 0,
-            workloads: vec![WorkloadSpec {
-                name: "w".into(),
-                runtime: Runtime::Process,
-                command: command.into(),
-                args: vec![],
-                env: Default::default(),
-                working_dir: None,
-                restart_policy: RestartPolicy::Always,
-                stop_grace_period: default_stop_grace_period(),
-            }],
+            workloads: vec![WorkloadSpec::process("w", command)],
         },
     }
 }
