@@ -192,3 +192,84 @@ async fn certificates_renew_without_disruption() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_writes_cli_config_and_login_verifies_the_ca() {
+    let mut fleet = fleet_with(&[], &[]).await;
+    let token = fleet.server.admin_token();
+    // First start: the admin token is shown once, and the user's CLI config is written.
+    let first = fleet.server.log_text();
+    assert!(first.contains(&token), "{first}");
+    let user_config = fleet.path().join("home/.config/edgefleet/config.yaml");
+    let text =
+        std::fs::read_to_string(&user_config).expect("user CLI config written at first start");
+    assert!(text.contains(&fleet.server.url()), "{text}");
+    let out = std::process::Command::new(&fleet.bin)
+        .args(["get", "nodes"])
+        .env("HOME", fleet.path().join("home"))
+        .env_remove("EDGEFLEET_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Second start: the token is not printed again.
+    fleet.server.stop();
+    let log = fleet.path().join("logs/server.log");
+    std::fs::write(&log, "").unwrap();
+    fleet.server.start().await;
+    assert!(!fleet.server.log_text().contains(&token));
+
+    // login: the right fingerprint writes a working config; a wrong one is refused and
+    // writes nothing.
+    let fingerprint = edgefleet_tls::fingerprint_pem(&fleet.server.ca_pem()).unwrap();
+    let config = fleet.path().join("login.yaml");
+    let login = |fp: &str| {
+        std::process::Command::new(&fleet.bin)
+            .args([
+                "login",
+                "--server",
+                &fleet.server.url(),
+                "--token",
+                &token,
+                "--ca-fingerprint",
+                fp,
+            ])
+            .env("EDGEFLEET_CONFIG", &config)
+            .env("HOME", fleet.path().join("home"))
+            .output()
+            .unwrap()
+    };
+    let out = login(&"0".repeat(64));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fingerprint"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!config.exists());
+    let out = login(&fingerprint);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(&fleet.bin)
+        .args(["get", "deployments", "-o", "json"])
+        .env("EDGEFLEET_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o077,
+        0
+    );
+}
