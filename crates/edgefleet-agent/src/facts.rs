@@ -108,6 +108,7 @@ pub fn gather() -> NodeFacts {
             .unwrap_or(0),
         disks: disks(),
         interfaces: interfaces(),
+        timezone: None,
         boot_time: read("/proc/stat").and_then(|s| parse_boot_time(&s)),
         machine_id: read_trimmed("/etc/machine-id"),
         dmi: dmi(Path::new("/sys/class/dmi/id")),

@@ -120,6 +120,7 @@ mod tests {
                 revision: "r".into(),
                 spec_hash: "h".into(),
                 spec,
+                rolled_back: false,
             }],
         }
     }

@@ -65,6 +65,7 @@ pub async fn report_status(
                         workloads: current.workloads.clone(),
                         agent_version: edgefleet_wire::AGENT_VERSION.to_owned(),
                         certificate_not_after: Some(channel.certificate().not_after),
+                        locks: Vec::new(),
                     }
                 };
                 let request = channel

@@ -41,6 +41,7 @@ mod tests {
             selector: Selector::default(),
             priority: 0,
             workloads: vec![WorkloadSpec::process("w", command)],
+            rollout: Default::default(),
         }
     }
 

@@ -99,6 +99,7 @@ pub fn merge_for_node(labels: &Labels, deployments: &[DeploymentRef<'_>]) -> Nod
                 revision: deployment.revision.to_owned(),
                 spec_hash: workload_hash(&spec),
                 spec,
+                rolled_back: false,
             }
         })
         .collect();
@@ -128,6 +129,7 @@ mod tests {
             selector: crate::selector::parse(selector).unwrap(),
             priority,
             workloads: workloads.iter().map(|(n, c)| workload(n, c)).collect(),
+            rollout: Default::default(),
         }
     }
 

@@ -199,6 +199,7 @@ mod tests {
             selector: edgefleet_core::selector::parse(selector).unwrap(),
             priority,
             workloads: vec![WorkloadSpec::process("app", command)],
+            rollout: Default::default(),
         };
         DeploymentRecord {
             name: name.into(),

@@ -319,6 +319,7 @@ mod tests {
             selector: Selector::default(),
             priority: 0,
             workloads: workloads.iter().map(|w| workload(w)).collect(),
+            rollout: Default::default(),
         };
         DeploymentRecord {
             name: name.into(),
@@ -362,6 +363,7 @@ mod tests {
                 .collect(),
             agent_version: "9.9.9".into(),
             certificate_not_after: None,
+            locks: vec![],
         };
         NodeRecord {
             name: "n".into(),

@@ -14,14 +14,24 @@
 //! | PUT  /v1/agent/status                    | node     | `ReportedState` → `Ack`                |
 //! | PUT  /v1/agent/facts                     | node     | `NodeFacts` → `Ack`                    |
 //! | POST /v1/agent/heartbeat                 | node     | `Heartbeat` → `Ack`                    |
+//! | POST /v1/agent/events                    | node     | `node::EventBatch` → `node::EventsAck` |
 //! | GET  /v1/nodes?selector=S                | viewer   | → `Vec<NodeSummary>`                   |
 //! | GET  /v1/nodes/{name}                    | viewer   | → `NodeDetail`                         |
 //! | PATCH /v1/nodes/{name}/labels            | operator | `LabelChange` → `NodeSummary`          |
 //! | POST /v1/nodes/{name}/revoke             | admin    | → `NodeSummary`                        |
+//! | GET  /v1/nodes/{name}/events?limit=N     | viewer   | → `Vec<node::StoredNodeEvent>` (newest first) |
+//! | GET  /v1/explain/nodes/{name}?deployment=D | viewer | → `plan::Explanation`                  |
 //! | GET  /v1/deployments                     | viewer   | → `Vec<DeploymentSummary>`             |
 //! | GET  /v1/deployments/{name}              | viewer   | → `DeploymentDetail`                   |
 //! | DELETE /v1/deployments/{name}            | operator | → `Ack`                                |
 //! | POST /v1/apply                           | operator | `ApplyRequest` → `ApplyResponse`       |
+//! | POST /v1/plan                            | viewer   | `plan::PlanRequest` → `plan::Plan`     |
+//! | GET  /v1/deployments/{name}/rollout?nodes=B | viewer | → `rollout::RolloutStatus` (the latest) |
+//! | GET  /v1/deployments/{name}/rollouts     | viewer   | → `Vec<rollout::RolloutStatus>` (newest first, no nodes) |
+//! | POST /v1/deployments/{name}/rollout/{pause,resume,promote,abort} | operator | → `rollout::RolloutStatus` |
+//! | POST /v1/deployments/{name}/rollout/undo | operator | `rollout::UndoRequest` → `ApplyResponse` |
+//! | GET  /v1/windows                         | viewer   | → `Vec<WindowInfo>`                    |
+//! | DELETE /v1/windows/{name}                | operator | → `Ack`                                |
 //! | GET  /v1/tokens                          | operator | → `Vec<JoinTokenInfo>`                 |
 //! | POST /v1/tokens                          | operator | `CreateJoinToken` → `CreatedJoinToken` |
 //! | DELETE /v1/tokens/{id}                   | operator | → `Ack`                                |
@@ -34,7 +44,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{DeploymentManifest, WorkloadSpec};
+use crate::manifest::{DeploymentManifest, MaintenanceWindowManifest, WorkloadSpec};
 use crate::node::{NodeFacts, ReportedState, WorkloadState};
 use crate::{Labels, Timestamp};
 
@@ -142,6 +152,10 @@ pub struct DesiredWorkload {
     /// The content hash of `spec`; a change of hash means the workload must be replaced.
     pub spec_hash: String,
     pub spec: WorkloadSpec,
+    /// The workload is on this revision because a rollout of a newer one was aborted and
+    /// rolled back; the agent's flight recorder notes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
 }
 
 /// A node's desired state: the layered merge of every deployment that selects it.
@@ -240,6 +254,12 @@ pub struct LabelChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyRequest {
     pub deployments: Vec<DeploymentManifest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<MaintenanceWindowManifest>,
+    /// Apply only if the fleet and the deployments are still what this plan was computed
+    /// against (`edgefleet apply --plan`); refused with the differences otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_basis: Option<crate::plan::PlanBasis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +282,28 @@ pub struct ApplyResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyResponse {
     pub results: Vec<ApplyResult>,
+    /// Maintenance windows created, updated or left unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowApplyResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowApplyResult {
+    pub name: String,
+    pub action: ApplyAction,
+    /// How many nodes the window selects now.
+    pub selected_nodes: u32,
+}
+
+/// A maintenance window as `edgefleet get windows` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowInfo {
+    pub manifest: MaintenanceWindowManifest,
+    pub selected_nodes: u32,
+    /// Of those, how many are inside the window now.
+    pub open_nodes: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

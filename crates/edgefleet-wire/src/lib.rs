@@ -10,8 +10,11 @@
 pub mod api;
 pub mod duration;
 pub mod join;
+pub mod local;
 pub mod manifest;
 pub mod node;
+pub mod plan;
+pub mod rollout;
 
 pub use duration::DurationSpec;
 pub use join::JoinString;

@@ -36,6 +36,232 @@ pub struct DeploymentSpec {
     #[serde(default)]
     pub priority: i32,
     pub workloads: Vec<WorkloadSpec>,
+    /// How a new revision reaches the nodes. Left out, the defaults apply (see
+    /// `RolloutStrategy::default`); a default strategy is not serialised, so revision hashes
+    /// of deployments that never set one do not depend on this field.
+    #[serde(default, skip_serializing_if = "RolloutStrategy::is_default")]
+    pub rollout: RolloutStrategy,
+}
+
+/// How many nodes: an absolute count (`3`) or a share of the nodes the rollout covers
+/// (`"10%"`). Percentages round up, so a non-zero share is at least one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Amount {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Amount {
+    /// The number of nodes this amount means out of `total`, rounded up for percentages.
+    pub fn of(self, total: usize) -> usize {
+        match self {
+            Self::Count(n) => n as usize,
+            Self::Percent(p) => (total * p as usize).div_ceil(100),
+        }
+    }
+}
+
+impl std::fmt::Display for Amount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Count(n) => write!(f, "{n}"),
+            Self::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for Amount {
+    type Err = String;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let s = input.trim();
+        let parse = |digits: &str| {
+            digits.trim().parse::<u32>().map_err(|_| {
+                format!("invalid amount {input:?}: expected a node count like 3 or a percentage like \"10%\"")
+            })
+        };
+        match s.strip_suffix('%') {
+            Some(digits) => {
+                let p = parse(digits)?;
+                if p > 100 {
+                    return Err(format!(
+                        "invalid amount {input:?}: a percentage is at most 100%"
+                    ));
+                }
+                Ok(Self::Percent(p))
+            }
+            None => Ok(Self::Count(parse(s)?)),
+        }
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Count(n) => serializer.serialize_u32(*n),
+            Self::Percent(_) => serializer.collect_str(self),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Count(n) => u32::try_from(n)
+                .map(Self::Count)
+                .map_err(|_| serde::de::Error::custom(format!("amount {n} is too large"))),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `spec.rollout`: canary, batches, gates and rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolloutStrategy {
+    /// A first step on a few nodes, optionally waiting for `edgefleet rollout promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStrategy>,
+    /// The size of each batch after the canary. Default `25%`.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: Amount,
+    /// At most this many nodes are being updated (taken the update, not yet healthy) at
+    /// once. Default: the batch size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<Amount>,
+    /// How long a step must stay healthy before the next one starts. Default `0s`.
+    #[serde(default)]
+    pub bake_time: DurationSpec,
+    /// A node that took the update and is not healthy this long after counts as failed.
+    /// Default `10m`.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: DurationSpec,
+    /// Roll out one partition (the nodes sharing this label's value) at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_by: Option<String>,
+    /// The order of the partitions; partitions not listed follow alphabetically, and nodes
+    /// without the label come last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_order: Vec<String>,
+    /// Abort when more than this share of a step's nodes is unhealthy. Default `0%`: any
+    /// unhealthy node aborts.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: Amount,
+    /// On abort, put the updated nodes back on the previous revision. Default true.
+    #[serde(default = "default_true")]
+    pub auto_rollback: bool,
+    /// The longest a workload's update lock may hold back its node. Default `1h`.
+    #[serde(default = "default_max_lock_deferral")]
+    pub max_lock_deferral: DurationSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CanaryStrategy {
+    /// How many nodes take the new revision first.
+    pub size: Amount,
+    /// Wait for `edgefleet rollout promote` after the canary is healthy (and baked).
+    #[serde(default)]
+    pub manual_promotion: bool,
+}
+
+fn default_batch_size() -> Amount {
+    Amount::Percent(25)
+}
+
+fn default_progress_deadline() -> DurationSpec {
+    DurationSpec::from_secs(600)
+}
+
+fn default_failure_threshold() -> Amount {
+    Amount::Percent(0)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_lock_deferral() -> DurationSpec {
+    DurationSpec::from_secs(3600)
+}
+
+impl Default for RolloutStrategy {
+    fn default() -> Self {
+        Self {
+            canary: None,
+            batch_size: default_batch_size(),
+            max_unavailable: None,
+            bake_time: DurationSpec::default(),
+            progress_deadline: default_progress_deadline(),
+            partition_by: None,
+            partition_order: Vec::new(),
+            failure_threshold: default_failure_threshold(),
+            auto_rollback: true,
+            max_lock_deferral: default_max_lock_deferral(),
+        }
+    }
+}
+
+impl RolloutStrategy {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One `kind: MaintenanceWindow` document: when the nodes it selects may be updated by a
+/// rollout. A node selected by no window may be updated at any time; a node selected by
+/// several may be updated while any of them is open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MaintenanceWindowManifest {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: MaintenanceWindowSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MaintenanceWindowSpec {
+    #[serde(default)]
+    pub selector: Selector,
+    /// Weekly openings, in `time_zone`.
+    pub schedule: Vec<WeeklyOpening>,
+    /// An IANA time zone (`Europe/Berlin`). Left out: each node's own time zone (from its
+    /// facts), or UTC when the node did not report one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// Open on `days` from `start` (local `HH:MM`) for `duration` (may run past midnight).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WeeklyOpening {
+    /// `mon`, `tue`, `wed`, `thu`, `fri`, `sat`, `sun`; empty means every day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<String>,
+    pub start: String,
+    pub duration: DurationSpec,
+}
+
+impl MaintenanceWindowManifest {
+    pub fn new(name: impl Into<String>, spec: MaintenanceWindowSpec) -> Self {
+        Self {
+            api_version: crate::API_VERSION.to_owned(),
+            kind: "MaintenanceWindow".to_owned(),
+            metadata: Metadata {
+                name: name.into(),
+                labels: Labels::new(),
+            },
+            spec,
+        }
+    }
 }
 
 /// A label selector, as in Kubernetes: every term must hold.

@@ -21,6 +21,9 @@ pub struct NodeFacts {
     pub dmi: Option<DmiFacts>,
     pub accelerators: Vec<AcceleratorFacts>,
     pub agent_version: String,
+    /// The node's IANA time zone (`Europe/Berlin`), when it can tell; maintenance windows
+    /// without a time zone of their own are read in it.
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,4 +142,104 @@ pub struct ReportedState {
     /// When the agent's current client certificate expires.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub certificate_not_after: Option<Timestamp>,
+    /// Update locks held by workloads on the node (see `local`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<UpdateLock>,
+}
+
+/// A workload asks not to be updated right now (a robot mid-task, a till mid-sale). A
+/// rollout leaves the node alone while the lock is held, for at most the deployment's
+/// `maxLockDeferral`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateLock {
+    pub workload: String,
+    /// Why, in the holder's words.
+    #[serde(default)]
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: Timestamp,
+}
+
+/// What kind of thing happened on a node, as its flight recorder saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeEventKind {
+    AgentStarted,
+    /// A new desired state arrived (with its generation in the message).
+    DesiredReceived,
+    WorkloadStarted,
+    WorkloadStartFailed,
+    WorkloadExited,
+    WorkloadCrashLooping,
+    WorkloadStopped,
+    ProbeChanged,
+    /// The desired state put a workload back on an earlier revision.
+    Rollback,
+    LockAcquired,
+    LockReleased,
+    /// The bounded on-node log was full and dropped its oldest undelivered events.
+    EventsDropped,
+    /// Anything newer peers send that this version does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl NodeEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentStarted => "agent-started",
+            Self::DesiredReceived => "desired-received",
+            Self::WorkloadStarted => "workload-started",
+            Self::WorkloadStartFailed => "workload-start-failed",
+            Self::WorkloadExited => "workload-exited",
+            Self::WorkloadCrashLooping => "workload-crash-looping",
+            Self::WorkloadStopped => "workload-stopped",
+            Self::ProbeChanged => "probe-changed",
+            Self::Rollback => "rollback",
+            Self::LockAcquired => "lock-acquired",
+            Self::LockReleased => "lock-released",
+            Self::EventsDropped => "events-dropped",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// One entry of a node's flight recorder. `seq` increases by one per event on the node and
+/// survives agent restarts, so the server can store each event exactly once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: Timestamp,
+    pub kind: NodeEventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `POST /v1/agent/events`: a batch of flight-recorder events, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub events: Vec<NodeEvent>,
+}
+
+/// The server stored every event up to and including `stored_through`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsAck {
+    pub stored_through: u64,
+}
+
+/// An event as the server shows it: with the node it came from and when it arrived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredNodeEvent {
+    pub node: String,
+    #[serde(flatten)]
+    pub event: NodeEvent,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: Timestamp,
 }

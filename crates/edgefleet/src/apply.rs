@@ -181,7 +181,14 @@ pub async fn send(
     deployments: Vec<DeploymentManifest>,
 ) -> anyhow::Result<ApplyResponse> {
     let response: ApplyResponse = client
-        .post(&["v1", "apply"], &ApplyRequest { deployments })
+        .post(
+            &["v1", "apply"],
+            &ApplyRequest {
+                deployments,
+                windows: Vec::new(),
+                plan_basis: None,
+            },
+        )
         .await?;
     Ok(response)
 }

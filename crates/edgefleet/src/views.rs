@@ -768,12 +768,14 @@ mod tests {
                         revision: "r1".into(),
                         spec_hash: "h1".into(),
                         spec: spec.clone(),
+                        rolled_back: false,
                     },
                     DesiredWorkload {
                         deployment: "base".into(),
                         revision: "r1".into(),
                         spec_hash: "h2".into(),
                         spec: workload("ticker"),
+                        rolled_back: false,
                     },
                 ],
             },
@@ -783,6 +785,7 @@ mod tests {
                 workloads: vec![status, old],
                 agent_version: "0.1.0".into(),
                 certificate_not_after: None,
+                locks: vec![],
             }),
             conflicts: vec![],
             conditions: vec![Condition {
@@ -868,6 +871,7 @@ Recent changes: <none>
                     },
                     priority: 10,
                     workloads: vec![workload("greeter")],
+                    rollout: Default::default(),
                 },
             },
             revisions: vec![

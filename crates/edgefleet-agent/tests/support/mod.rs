@@ -46,6 +46,7 @@ pub fn desired(spec: WorkloadSpec) -> DesiredWorkload {
         revision: "rev-1".into(),
         spec_hash: format!("hash-of-{}-{}", spec.name, spec.args.join("-")),
         spec,
+        rolled_back: false,
     }
 }
 

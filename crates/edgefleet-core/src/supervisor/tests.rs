@@ -18,6 +18,7 @@ fn desired(name: &str, command: &str, policy: RestartPolicy) -> DesiredWorkload 
         revision: "r1".into(),
         spec_hash: workload_hash(&spec),
         spec,
+        rolled_back: false,
     }
 }
 

@@ -168,5 +168,8 @@ pub async fn apply(
             revision: a.revision,
         })
         .collect();
-    Ok(Json(ApplyResponse { results }))
+    Ok(Json(ApplyResponse {
+        results,
+        windows: Vec::new(),
+    }))
 }

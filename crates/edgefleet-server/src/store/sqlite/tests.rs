@@ -69,6 +69,7 @@ fn manifest(name: &str, command: &str) -> DeploymentManifest {
             selector: Selector::default(),
             priority: 0,
             workloads: vec![WorkloadSpec::process("w", command)],
+            rollout: Default::default(),
         },
     }
 }
@@ -259,6 +260,7 @@ async fn revoked_name_re_enrolls_keeping_its_generation() {
         revision: "r".into(),
         spec_hash: "h".into(),
         spec: manifest("d", "/bin/true").spec.workloads.remove(0),
+        rolled_back: false,
     }];
     let conflicts = vec![Conflict {
         workload: "w".into(),
@@ -378,6 +380,7 @@ async fn reports_facts_and_labels_are_stored() {
         workloads: vec![],
         agent_version: "1.2.3".into(),
         certificate_not_after: Some(T0),
+        locks: vec![],
     };
     store
         .set_node_reported("n1", report.clone(), T0)
