@@ -12,10 +12,13 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod diff;
 pub mod hash;
 pub mod labels;
 pub mod lifecycle;
 pub mod manifest;
 pub mod merge;
+pub mod rollout;
 pub mod selector;
 pub mod supervisor;
+pub mod window;

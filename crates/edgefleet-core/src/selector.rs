@@ -53,6 +53,11 @@ fn requirement_text(req: &SelectorRequirement) -> String {
     let values = req.values.join(",");
     match req.operator {
         SelectorOperator::In => format!("{} in ({values})", req.key),
+        // `k!=v` form for one value: it also carries an empty value (`k!=`), which
+        // `k notin ()` could not.
+        SelectorOperator::NotIn if req.values.len() == 1 => {
+            format!("{}!={}", req.key, req.values[0])
+        }
         SelectorOperator::NotIn => format!("{} notin ({values})", req.key),
         SelectorOperator::Exists => req.key.clone(),
         SelectorOperator::DoesNotExist => format!("!{}", req.key),
