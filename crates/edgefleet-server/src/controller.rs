@@ -1,45 +1,138 @@
-//! The desired-state controller: keeps every node's stored desired state equal to the
-//! layered merge (`edgefleet_core::merge`) of the current deployments, and wakes the
-//! node's long poll when it changes.
+//! The controllers: desired state and rollouts.
 //!
-//! Recomputes are serialised by one lock, so two concurrent changes cannot both read
-//! generation N and both write N + 1. Each node has a `watch` channel whose value is only
-//! a wake-up counter: a waiter re-reads the store, which stays the source of truth.
+//! Every node's stored desired state is the layered merge (`edgefleet_core::merge`) of the
+//! deployments, each at the revision its newest rollout assigns the node
+//! (`edgefleet_core::rollout`). An apply that changes a deployment starts a rollout; the
+//! rollout loop steps every unfinished rollout with observations of the nodes, persists
+//! it, and recomputes desired states when it released nodes or rolled back.
+//!
+//! Applies, rollout steps, operator commands and recomputes are serialised by one lock
+//! around the in-memory rollouts, so no two changes interleave. The rollout is persisted
+//! before the desired states derived from it: after a crash between the two, the startup
+//! recompute derives them again, and no node ever holds a revision its rollout did not
+//! assign. Each node has a `watch` channel whose value is only a wake-up counter: a waiter
+//! re-reads the store, which stays the source of truth.
+
+mod desired;
+mod observe;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use edgefleet_core::merge::{DeploymentRef, merge_for_node, same_workloads};
-use tokio::sync::watch;
+use edgefleet_core::rollout::{Command, CommandError, Rollout, RolloutSpec, RolloutTarget};
+use edgefleet_core::selector;
+use edgefleet_core::window::CompiledWindow;
+use edgefleet_wire::Timestamp;
+use edgefleet_wire::api::ApplyAction;
+use edgefleet_wire::plan::PlanBasis;
+use edgefleet_wire::rollout::RolloutPhase;
+use tokio::sync::{Notify, watch};
 
-use crate::store::{DeploymentRecord, DesiredUpdate, NodeRecord, Store, StoreResult};
+pub use desired::{Fleet, Recomputed, RevisionSpecs, deployment_refs, desired_updates};
+pub use observe::{Windows, observe, window_gate};
+
+use crate::store::{
+    AppliedDeployment, ApplyItem, DeploymentRecord, NewAudit, NodeRecord, Store, StoreError,
+    StoreResult, WindowRecord,
+};
+
+/// The rollout loop steps at least this often while a rollout is unfinished (bake times,
+/// progress deadlines and nodes going NotReady need time to pass, not events).
+pub const ROLLOUT_TICK: Duration = Duration::from_secs(1);
 
 pub struct Controller {
     store: Arc<dyn Store>,
-    recompute_lock: tokio::sync::Mutex<()>,
+    not_ready_after: Duration,
+    state: tokio::sync::Mutex<ControllerState>,
     wakeups: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// A recompute failed after a change was committed; `resync_if_dirty` retries it.
     dirty: AtomicBool,
+    /// Something a rollout watches changed (a status report); step soon.
+    poke: Notify,
 }
 
-/// What a recompute found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recomputed {
-    /// Per deployment, how many (unrevoked) nodes select it.
-    pub selected: BTreeMap<String, u32>,
-    /// Nodes whose generation changed, with the new generation.
-    pub changed: Vec<(String, u64)>,
+#[derive(Default)]
+struct ControllerState {
+    /// The newest rollout of each deployment.
+    rollouts: BTreeMap<String, Rollout>,
+    specs: RevisionSpecs,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    pub deployments: Vec<AppliedDeployment>,
+    pub windows: Vec<(String, ApplyAction)>,
+    pub recomputed: Recomputed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `apply --plan` with a plan computed against another fleet or other deployments.
+    #[error("the fleet or the deployments changed since the plan was computed")]
+    StalePlan(Vec<String>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutCommandError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("deployment {0:?} has no rollout")]
+    NoRollout(String),
+    #[error(transparent)]
+    Refused(#[from] CommandError),
 }
 
 impl Controller {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, not_ready_after: Duration) -> Self {
         Self {
             store,
-            recompute_lock: tokio::sync::Mutex::new(()),
+            not_ready_after,
+            state: tokio::sync::Mutex::new(ControllerState::default()),
             wakeups: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
+            poke: Notify::new(),
         }
+    }
+
+    /// Loads the rollouts and reconciles: a deployment whose newest revision has no
+    /// rollout (the server stopped between storing an apply and its rollout) gets one now,
+    /// then every desired state is recomputed. Startup is a reconcile like any other.
+    pub async fn load(&self, now: Timestamp) -> StoreResult<()> {
+        let mut state = self.state.lock().await;
+        state.rollouts = self
+            .store
+            .latest_rollouts()
+            .await?
+            .into_iter()
+            .map(|r| (r.deployment.clone(), r))
+            .collect();
+        let deployments = self.store.list_deployments().await?;
+        let nodes = self.store.list_nodes().await?;
+        let mut to_save = Vec::new();
+        for deployment in &deployments {
+            let has_rollout = state.rollouts.get(&deployment.name).map(|r| &r.to_revision);
+            let needs_rollout = match has_rollout {
+                Some(revision) => *revision != deployment.revision,
+                // A deployment from before rollouts existed runs its newest revision
+                // everywhere already; only a brand-new one must roll out.
+                None => deployment.revision_count == 1,
+            };
+            if needs_rollout {
+                tracing::info!(deployment = %deployment.name, "starting the rollout an interrupted apply left out");
+                to_save.extend(
+                    self.start_rollout(&mut state, deployment, &nodes, now)
+                        .await?,
+                );
+            }
+        }
+        self.store.save_rollouts(to_save).await?;
+        self.recompute_locked(&mut state).await?;
+        Ok(())
     }
 
     /// A receiver that changes whenever something about the node changes. Subscribe
@@ -58,19 +151,34 @@ impl Controller {
         }
     }
 
+    /// Forgets the wake-up channel of a node nobody waits on any more.
+    pub fn forget_idle(&self, node: &str) {
+        let mut map = self.wakeup_map();
+        if map.get(node).is_some_and(|s| s.receiver_count() == 0) {
+            map.remove(node);
+        }
+    }
+
     fn wakeup_map(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
         // Only wake-up channels live here; a poisoned map is still a valid map.
         self.wakeups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Something rollouts watch changed (a node reported); the rollout loop steps soon.
+    pub fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// Waits for a poke.
+    pub async fn poked(&self) {
+        self.poke.notified().await;
+    }
+
     /// Recomputes the desired state of every node, stores what changed, and wakes the
     /// nodes whose generation moved.
     pub async fn recompute(&self) -> StoreResult<Recomputed> {
-        let result = self.recompute_serialised().await;
-        if result.is_err() {
-            self.dirty.store(true, Ordering::Relaxed);
-        }
-        result
+        let mut state = self.state.lock().await;
+        self.recompute_locked(&mut state).await
     }
 
     /// Recompute after a change that is already committed: a failure must not fail the
@@ -91,11 +199,24 @@ impl Controller {
         }
     }
 
-    async fn recompute_serialised(&self) -> StoreResult<Recomputed> {
-        let _serialised = self.recompute_lock.lock().await;
+    async fn recompute_locked(&self, state: &mut ControllerState) -> StoreResult<Recomputed> {
+        let result = self.recompute_inner(state).await;
+        if result.is_err() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn recompute_inner(&self, state: &mut ControllerState) -> StoreResult<Recomputed> {
         let deployments = self.store.list_deployments().await?;
         let nodes = self.store.list_nodes().await?;
-        let (updates, recomputed) = plan(&nodes, &deployments);
+        self.load_specs(state).await?;
+        let fleet = Fleet {
+            deployments: &deployments,
+            rollouts: &state.rollouts,
+            specs: &state.specs,
+        };
+        let (updates, recomputed) = desired_updates(&nodes, &fleet);
         let n_updates = updates.len();
         self.store.set_desired_states(updates).await?;
         for (node, generation) in &recomputed.changed {
@@ -111,175 +232,339 @@ impl Controller {
         }
         Ok(recomputed)
     }
-}
 
-/// The pure part of a recompute: which nodes need a new desired state.
-///
-/// A node's generation moves only when its workload list changes; a change of conflicts
-/// alone is stored without a new generation (the agent has nothing new to run).
-pub fn plan(
-    nodes: &[NodeRecord],
-    deployments: &[DeploymentRecord],
-) -> (Vec<DesiredUpdate>, Recomputed) {
-    let refs = deployment_refs(deployments);
-    let mut recomputed = Recomputed {
-        selected: deployments.iter().map(|d| (d.name.clone(), 0)).collect(),
-        changed: Vec::new(),
-    };
-    let mut updates = Vec::new();
-    for node in nodes.iter().filter(|n| !n.revoked) {
-        let merge = merge_for_node(&node.labels, &refs);
-        for name in &merge.selected_by {
-            *recomputed.selected.entry(name.clone()).or_default() += 1;
+    /// Makes sure the spec of every revision a rollout may assign is in memory.
+    async fn load_specs(&self, state: &mut ControllerState) -> StoreResult<()> {
+        let mut missing = Vec::new();
+        for rollout in state.rollouts.values() {
+            let wanted = rollout
+                .from_revision
+                .iter()
+                .chain(rollout.held.values())
+                .chain(std::iter::once(&rollout.to_revision));
+            for hash in wanted {
+                if !state
+                    .specs
+                    .contains_key(&(rollout.deployment.clone(), hash.clone()))
+                {
+                    missing.push(rollout.deployment.clone());
+                    break;
+                }
+            }
         }
-        let workloads_changed = !same_workloads(&merge.workloads, &node.desired_workloads);
-        if !workloads_changed && merge.conflicts == node.conflicts {
-            continue;
+        for deployment in missing {
+            self.load_revisions(state, &deployment).await?;
         }
-        let generation = if workloads_changed {
-            node.desired_generation.saturating_add(1)
-        } else {
-            node.desired_generation
-        };
-        if workloads_changed {
-            recomputed.changed.push((node.name.clone(), generation));
-        }
-        updates.push(DesiredUpdate {
-            node: node.name.clone(),
-            generation,
-            workloads: merge.workloads,
-            conflicts: merge.conflicts,
-        });
+        Ok(())
     }
-    (updates, recomputed)
+
+    async fn load_revisions(
+        &self,
+        state: &mut ControllerState,
+        deployment: &str,
+    ) -> StoreResult<()> {
+        for revision in self.store.list_revisions(deployment).await? {
+            state.specs.insert(
+                (deployment.to_owned(), revision.revision),
+                revision.manifest.spec,
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a rollout of the deployment's newest revision; returns the rollouts to save
+    /// (the new one and the one it supersedes).
+    async fn start_rollout(
+        &self,
+        state: &mut ControllerState,
+        deployment: &DeploymentRecord,
+        nodes: &[NodeRecord],
+        now: Timestamp,
+    ) -> StoreResult<Vec<Rollout>> {
+        self.load_revisions(state, &deployment.name).await?;
+        let mut to_save = Vec::new();
+        let (number, from, held) = match state.rollouts.get_mut(&deployment.name) {
+            Some(previous) => {
+                let held = previous.current_revisions();
+                let from = previous.stable_revision();
+                previous.supersede(now);
+                to_save.push(previous.clone());
+                (previous.number.saturating_add(1), from, held)
+            }
+            None => {
+                // Rolled out before rollouts existed: everyone runs the revision before.
+                let revisions = self.store.list_revisions(&deployment.name).await?;
+                let from = revisions
+                    .iter()
+                    .find(|r| r.number + 1 == deployment.revision_count)
+                    .map(|r| (r.revision.clone(), r.number));
+                (1, from, BTreeMap::new())
+            }
+        };
+        let new_spec = &deployment.manifest.spec;
+        let from_spec = from
+            .as_ref()
+            .and_then(|(hash, _)| state.specs.get(&(deployment.name.clone(), hash.clone())));
+        let partition_by = new_spec.rollout.partition_by.as_deref();
+        let targets: Vec<RolloutTarget> = nodes
+            .iter()
+            .filter(|node| !node.revoked)
+            .filter(|node| {
+                selector::matches(&new_spec.selector, &node.labels)
+                    || from_spec.is_some_and(|spec| selector::matches(&spec.selector, &node.labels))
+                    || node
+                        .desired_workloads
+                        .iter()
+                        .any(|w| w.deployment == deployment.name)
+            })
+            .map(|node| RolloutTarget {
+                node: node.name.clone(),
+                partition: partition_by.and_then(|key| node.labels.get(key).cloned()),
+            })
+            .collect();
+        let rollout = Rollout::new(
+            RolloutSpec {
+                deployment: deployment.name.clone(),
+                number,
+                from_revision: from,
+                to_revision: (deployment.revision.clone(), deployment.revision_count),
+                strategy: new_spec.rollout.clone(),
+            },
+            &targets,
+            held,
+            now,
+        );
+        tracing::info!(
+            deployment = %deployment.name,
+            rollout = number,
+            n_nodes = targets.len(),
+            n_steps = rollout.steps.len(),
+            "rollout started"
+        );
+        to_save.push(rollout.clone());
+        state.rollouts.insert(deployment.name.clone(), rollout);
+        Ok(to_save)
+    }
+
+    /// Stores deployments and windows, starts a rollout for each changed deployment, and
+    /// recomputes. With `basis`, refuses when the fleet is no longer what it describes.
+    pub async fn apply(
+        &self,
+        items: Vec<ApplyItem>,
+        windows: Vec<WindowRecord>,
+        basis: Option<&PlanBasis>,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Applied, ApplyError> {
+        let mut state = self.state.lock().await;
+        if let Some(basis) = basis {
+            let current = self.basis().await?;
+            let differences = crate::planner::basis_differences(basis, &current);
+            if !differences.is_empty() {
+                return Err(ApplyError::StalePlan(differences));
+            }
+        }
+        let deployments_applied = self.store.apply_deployments(items, actor, now).await?;
+        let windows_applied = if windows.is_empty() {
+            Vec::new()
+        } else {
+            self.store.apply_windows(windows, actor, now).await?
+        };
+        let changed: Vec<&str> = deployments_applied
+            .iter()
+            .filter(|a| a.action != ApplyAction::Unchanged)
+            .map(|a| a.name.as_str())
+            .collect();
+        if !changed.is_empty() {
+            let deployments = self.store.list_deployments().await?;
+            let nodes = self.store.list_nodes().await?;
+            let mut to_save = Vec::new();
+            for deployment in deployments
+                .iter()
+                .filter(|d| changed.contains(&d.name.as_str()))
+            {
+                to_save.extend(
+                    self.start_rollout(&mut state, deployment, &nodes, now)
+                        .await?,
+                );
+            }
+            self.store.save_rollouts(to_save).await?;
+        }
+        let recomputed = self.recompute_locked(&mut state).await?;
+        drop(state);
+        // Release the first step now rather than at the next tick.
+        self.poke();
+        Ok(Applied {
+            deployments: deployments_applied,
+            windows: windows_applied,
+            recomputed,
+        })
+    }
+
+    /// Deletes a deployment with its rollouts; its workloads leave every node at once.
+    pub async fn delete_deployment(&self, name: &str, audit: NewAudit) -> StoreResult<bool> {
+        let mut state = self.state.lock().await;
+        if !self.store.delete_deployment(name, audit).await? {
+            return Ok(false);
+        }
+        state.rollouts.remove(name);
+        state.specs.retain(|(deployment, _), _| deployment != name);
+        if let Err(error) = self.recompute_locked(&mut state).await {
+            tracing::error!(%error, "recomputing desired state failed; retrying in the background");
+        }
+        Ok(true)
+    }
+
+    /// What a plan is computed against now.
+    pub async fn basis(&self) -> StoreResult<PlanBasis> {
+        let deployments = self.store.list_deployments().await?;
+        let windows = self.store.list_windows().await?;
+        let nodes = self.store.list_nodes().await?;
+        Ok(crate::planner::basis(&deployments, &windows, &nodes))
+    }
+
+    /// The newest rollout of a deployment.
+    pub async fn rollout(&self, deployment: &str) -> Option<Rollout> {
+        self.state.lock().await.rollouts.get(deployment).cloned()
+    }
+
+    /// The newest rollout of every deployment, with the specs of every revision they may
+    /// assign: what plan and explain need to merge like a recompute does.
+    pub async fn snapshot(&self) -> StoreResult<(BTreeMap<String, Rollout>, RevisionSpecs)> {
+        let mut state = self.state.lock().await;
+        self.load_specs(&mut state).await?;
+        Ok((state.rollouts.clone(), state.specs.clone()))
+    }
+
+    /// Pause, resume, promote or abort the newest rollout of a deployment.
+    pub async fn command(
+        &self,
+        deployment: &str,
+        command: Command,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Rollout, RolloutCommandError> {
+        let mut state = self.state.lock().await;
+        let rollout = state
+            .rollouts
+            .get_mut(deployment)
+            .ok_or_else(|| RolloutCommandError::NoRollout(deployment.to_owned()))?;
+        rollout.command(command, now)?;
+        let rollout = rollout.clone();
+        self.store.save_rollouts(vec![rollout.clone()]).await?;
+        self.store
+            .record_audit(NewAudit::new(
+                now,
+                actor,
+                format!("rollout.{}", command.as_str()),
+                format!("deployment/{deployment}"),
+                format!(
+                    "rollout {} (revision {})",
+                    rollout.number, rollout.to_revision_number
+                ),
+            ))
+            .await?;
+        if rollout.phase == RolloutPhase::RolledBack {
+            self.recompute_locked(&mut state).await?;
+        }
+        drop(state);
+        self.poke();
+        Ok(rollout)
+    }
+
+    /// Steps every unfinished rollout once; called by the rollout loop.
+    pub async fn step_rollouts(&self, now: Timestamp) -> StoreResult<()> {
+        let mut state = self.state.lock().await;
+        if state.rollouts.values().all(Rollout::is_complete) {
+            return Ok(());
+        }
+        let nodes = self.store.list_nodes().await?;
+        let windows = self.compiled_windows().await?;
+        let by_name: HashMap<&str, &NodeRecord> =
+            nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let mut to_save = Vec::new();
+        let mut audits = Vec::new();
+        let mut recompute = false;
+        for rollout in state.rollouts.values_mut().filter(|r| !r.is_complete()) {
+            let phase_before = rollout.phase;
+            let deployment = rollout.deployment.clone();
+            let to_revision = rollout.to_revision.clone();
+            let observe_node = |name: &str| {
+                by_name.get(name).and_then(|node| {
+                    observe(
+                        node,
+                        &deployment,
+                        &to_revision,
+                        &windows,
+                        now,
+                        self.not_ready_after,
+                    )
+                })
+            };
+            let outcome = rollout.step(now, &observe_node);
+            if outcome.changed {
+                to_save.push(rollout.clone());
+            }
+            recompute |= outcome.assignments_changed;
+            if rollout.phase != phase_before && !rollout.phase.is_active() {
+                audits.push(finished_audit(rollout, now));
+            }
+        }
+        if !to_save.is_empty() {
+            self.store.save_rollouts(to_save).await?;
+        }
+        for audit in audits {
+            tracing::info!(object = %audit.object, detail = %audit.detail, "rollout finished");
+            self.store.record_audit(audit).await?;
+        }
+        if recompute {
+            self.recompute_locked(&mut state).await?;
+        }
+        Ok(())
+    }
+
+    async fn compiled_windows(&self) -> StoreResult<Windows> {
+        Ok(compile_windows(&self.store.list_windows().await?))
+    }
 }
 
-pub fn deployment_refs(deployments: &[DeploymentRecord]) -> Vec<DeploymentRef<'_>> {
-    deployments
+/// Compiles stored windows; one that no longer compiles (validated at apply, so only after
+/// a downgrade of the time zone database) is left out with a warning.
+pub fn compile_windows(records: &[WindowRecord]) -> Windows {
+    records
         .iter()
-        .map(|d| DeploymentRef {
-            name: &d.name,
-            revision: &d.revision,
-            spec: &d.manifest.spec,
+        .filter_map(|record| match CompiledWindow::new(&record.manifest.spec) {
+            Ok(window) => Some((record.manifest.metadata.name.clone(), window)),
+            Err(error) => {
+                tracing::warn!(window = %record.manifest.metadata.name, %error, "maintenance window ignored");
+                None
+            }
         })
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::CertRecord;
-    use edgefleet_core::labels::parse_assignments;
-    use edgefleet_wire::manifest::*;
-
-    fn node(name: &str, labels: &str) -> NodeRecord {
-        let now = time::OffsetDateTime::UNIX_EPOCH;
-        NodeRecord {
-            name: name.into(),
-            labels: parse_assignments(labels).unwrap(),
-            facts: Default::default(),
-            enrolled_at: now,
-            last_seen: None,
-            revoked: false,
-            cert: CertRecord {
-                serial: "01".into(),
-                not_after: now,
-            },
-            previous_cert_serial: None,
-            applied_generation: 0,
-            reported: None,
-            desired_generation: 0,
-            desired_workloads: vec![],
-            conflicts: vec![],
-        }
-    }
-
-    fn deployment(name: &str, selector: &str, priority: i32, command: &str) -> DeploymentRecord {
-        let spec = DeploymentSpec {
-            selector: edgefleet_core::selector::parse(selector).unwrap(),
-            priority,
-            workloads: vec![WorkloadSpec::process("app", command)],
-            rollout: Default::default(),
-        };
-        DeploymentRecord {
-            name: name.into(),
-            revision: edgefleet_core::hash::revision_hash(&spec),
-            revision_count: 1,
-            manifest: DeploymentManifest::new(name, spec),
-            updated_at: time::OffsetDateTime::UNIX_EPOCH,
-        }
-    }
-
-    /// Applies a plan to the node records, as the store would.
-    fn store(nodes: &mut [NodeRecord], updates: Vec<DesiredUpdate>) {
-        for update in updates {
-            let node = nodes.iter_mut().find(|n| n.name == update.node).unwrap();
-            node.desired_generation = update.generation;
-            node.desired_workloads = update.workloads;
-            node.conflicts = update.conflicts;
-        }
-    }
-
-    #[test]
-    fn generation_moves_only_when_workloads_change() {
-        let mut nodes = vec![node("a", "site=x"), node("b", "site=y")];
-        let deployments = vec![deployment("web", "site=x", 0, "/bin/web")];
-        let (updates, recomputed) = plan(&nodes, &deployments);
-        assert_eq!(recomputed.changed, vec![("a".to_string(), 1)]);
-        assert_eq!(recomputed.selected["web"], 1);
-        store(&mut nodes, updates);
-        assert_eq!(nodes[0].desired_workloads.len(), 1);
-        assert_eq!(nodes[0].desired_workloads[0].deployment, "web");
-
-        // Nothing changed: no updates, no new generation.
-        let (updates, recomputed) = plan(&nodes, &deployments);
-        assert!(updates.is_empty());
-        assert!(recomputed.changed.is_empty());
-
-        // A new revision moves the generation again.
-        let deployments = vec![deployment("web", "site=x", 0, "/bin/web2")];
-        let (updates, recomputed) = plan(&nodes, &deployments);
-        assert_eq!(recomputed.changed, vec![("a".to_string(), 2)]);
-        store(&mut nodes, updates);
-
-        // Deleting everything empties the node with one more generation.
-        let (_, recomputed) = plan(&nodes, &[]);
-        assert_eq!(recomputed.changed, vec![("a".to_string(), 3)]);
-    }
-
-    #[test]
-    fn conflicts_are_stored_without_a_new_generation_and_revoked_nodes_are_left_alone() {
-        let mut nodes = vec![node("a", ""), node("gone", "")];
-        nodes[1].revoked = true;
-        let first = vec![deployment("one", "", 5, "/bin/one")];
-        let (updates, _) = plan(&nodes, &first);
-        assert!(updates.iter().all(|u| u.node == "a"));
-        store(&mut nodes, updates);
-        assert_eq!(nodes[0].desired_generation, 1);
-
-        // "two" loses the tie by name, so the workloads stay the same but a conflict appears.
-        let both = vec![first[0].clone(), deployment("two", "", 5, "/bin/two")];
-        let (updates, recomputed) = plan(&nodes, &both);
-        assert!(recomputed.changed.is_empty());
-        assert_eq!(
-            recomputed.selected["two"], 1,
-            "revoked nodes are not counted"
-        );
-        assert_eq!(updates.len(), 1);
-        assert_eq!(updates[0].generation, 1);
-        assert_eq!(updates[0].conflicts[0].losers, vec!["two".to_string()]);
-    }
-
-    #[tokio::test]
-    async fn notify_wakes_subscribers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open(dir.path()).await.unwrap();
-        let controller = Controller::new(store);
-        let mut rx = controller.subscribe("a");
-        controller.notify("b");
-        assert!(!rx.has_changed().unwrap());
-        controller.notify("a");
-        assert!(rx.has_changed().unwrap());
-        rx.changed().await.unwrap();
-    }
+fn finished_audit(rollout: &Rollout, now: Timestamp) -> NewAudit {
+    let detail = match rollout.phase {
+        RolloutPhase::Succeeded => format!(
+            "rollout {} of revision {} succeeded",
+            rollout.number, rollout.to_revision_number
+        ),
+        phase => format!(
+            "rollout {} of revision {} {}: {}",
+            rollout.number,
+            rollout.to_revision_number,
+            phase.as_str(),
+            rollout.abort_reason.as_deref().unwrap_or("")
+        ),
+    };
+    NewAudit::new(
+        now,
+        "server",
+        "rollout",
+        format!("deployment/{}", rollout.deployment),
+        detail,
+    )
 }
+
+#[cfg(test)]
+mod tests;

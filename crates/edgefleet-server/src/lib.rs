@@ -29,6 +29,7 @@ mod error;
 mod extract;
 mod handlers;
 mod openapi;
+mod planner;
 mod routes;
 mod serve;
 mod server;

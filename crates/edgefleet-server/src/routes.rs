@@ -12,7 +12,7 @@ use edgefleet_wire::api::Role;
 
 use crate::auth;
 use crate::error::ApiError;
-use crate::handlers::{agent, deployments, meta, nodes, tokens};
+use crate::handlers::{agent, deployments, meta, nodes, plan, rollouts, tokens, windows};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +182,15 @@ pub fn table() -> Vec<RouteSpec> {
             on(m, agent::heartbeat)
         }),
         route(
+            Post,
+            "/v1/agent/events",
+            "Deliver flight-recorder events of the calling node (stored once per seq)",
+            Node,
+            Some("EventBatch"),
+            "EventsAck",
+            |m| on(m, agent::events),
+        ),
+        route(
             Get,
             "/v1/nodes",
             "List nodes, optionally filtered by ?selector=",
@@ -214,6 +223,26 @@ pub fn table() -> Vec<RouteSpec> {
         ),
         route(
             Get,
+            "/v1/nodes/{name}/events",
+            "A node's flight-recorder events, newest first",
+            Token(Viewer),
+            None,
+            "StoredNodeEvent[]",
+            |m| on(m, nodes::events),
+        )
+        .with_query(&["limit"]),
+        route(
+            Get,
+            "/v1/explain/nodes/{name}",
+            "Why the node runs what it runs, per deployment",
+            Token(Viewer),
+            None,
+            "Explanation",
+            |m| on(m, plan::explain_node),
+        )
+        .with_query(&["deployment"]),
+        route(
+            Get,
             "/v1/deployments",
             "List deployments with roll-out counts",
             Token(Viewer),
@@ -236,12 +265,91 @@ pub fn table() -> Vec<RouteSpec> {
         route(
             Post,
             "/v1/apply",
-            "Create or update deployments",
+            "Create or update deployments and maintenance windows",
             Token(Operator),
             Some("ApplyRequest"),
             "ApplyResponse",
             |m| on(m, deployments::apply),
         ),
+        route(
+            Post,
+            "/v1/plan",
+            "What applying these documents would do, without changing anything",
+            Token(Viewer),
+            Some("PlanRequest"),
+            "Plan",
+            |m| on(m, plan::plan),
+        ),
+        route(
+            Get,
+            "/v1/deployments/{name}/rollout",
+            "The newest rollout of a deployment",
+            Token(Viewer),
+            None,
+            "RolloutStatus",
+            |m| on(m, rollouts::status),
+        )
+        .with_query(&["nodes"]),
+        route(
+            Get,
+            "/v1/deployments/{name}/rollouts",
+            "Every rollout of a deployment, newest first",
+            Token(Viewer),
+            None,
+            "RolloutStatus[]",
+            |m| on(m, rollouts::history),
+        ),
+        route(
+            Post,
+            "/v1/deployments/{name}/rollout/pause",
+            "Pause the rollout: no more nodes are updated",
+            Token(Operator),
+            None,
+            "RolloutStatus",
+            |m| on(m, rollouts::pause),
+        ),
+        route(
+            Post,
+            "/v1/deployments/{name}/rollout/resume",
+            "Resume a paused rollout",
+            Token(Operator),
+            None,
+            "RolloutStatus",
+            |m| on(m, rollouts::resume),
+        ),
+        route(
+            Post,
+            "/v1/deployments/{name}/rollout/promote",
+            "Promote a canary waiting for promotion, or end a bake early",
+            Token(Operator),
+            None,
+            "RolloutStatus",
+            |m| on(m, rollouts::promote),
+        ),
+        route(
+            Post,
+            "/v1/deployments/{name}/rollout/abort",
+            "Abort the rollout and roll updated nodes back",
+            Token(Operator),
+            None,
+            "RolloutStatus",
+            |m| on(m, rollouts::abort),
+        ),
+        route(
+            Post,
+            "/v1/deployments/{name}/rollout/undo",
+            "Apply an earlier revision again (the previous one by default)",
+            Token(Operator),
+            Some("UndoRequest"),
+            "ApplyResponse",
+            |m| on(m, rollouts::undo),
+        ),
+        route(Get, "/v1/windows", "List maintenance windows", Token(Viewer), None, "WindowInfo[]", |m| {
+            on(m, windows::list)
+        }),
+        route(Delete, "/v1/windows/{name}", "Delete a maintenance window", Token(Operator), None, "Ack", |m| {
+            on(m, windows::delete)
+        }),
         route(Get, "/v1/tokens", "List join tokens", Token(Operator), None, "JoinTokenInfo[]", |m| {
             on(m, tokens::list_join_tokens)
         }),

@@ -111,13 +111,14 @@ impl Server {
             max_body_bytes: args.max_body_bytes,
         };
         let state = AppState::new(store, pki.ca, settings, stopping_rx);
-        // Startup is a reconcile like any other: desired states follow the deployments
-        // even if they were stored by an older release with other merge rules.
+        // Startup is a reconcile like any other: rollouts resume where they were, and
+        // desired states follow the deployments and rollouts even if they were stored by
+        // an older release with other merge rules.
         state
             .controller
-            .recompute()
+            .load(now)
             .await
-            .context("computing desired state")?;
+            .context("loading rollouts and computing desired state")?;
         let server = Server {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(tls_config)),
@@ -142,8 +143,10 @@ impl Server {
         } = self;
         tracing::info!(url = %url, local_addr = ?listener.local_addr().ok(), "serving");
         let resync = tokio::spawn(resync_loop(state.clone()));
+        let rollouts = tokio::spawn(rollout_loop(state.clone()));
         crate::serve::serve(listener, acceptor, router(state), stopping, shutdown).await;
         resync.abort();
+        rollouts.abort();
         tracing::info!("server stopped");
         Ok(())
     }
@@ -180,6 +183,28 @@ async fn resync_loop(state: AppState) {
         tokio::select! {
             () = &mut stopping => return,
             () = tokio::time::sleep(RESYNC_INTERVAL) => state.controller.resync_if_dirty().await,
+        }
+    }
+}
+
+/// Steps unfinished rollouts every `ROLLOUT_TICK`, and soon after a node reports (at most
+/// every `ROLLOUT_MIN_INTERVAL`, so a fleet reporting at once costs one pass, not one per
+/// report).
+async fn rollout_loop(state: AppState) {
+    const ROLLOUT_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+    let mut stopping = std::pin::pin!(crate::state::stopping(state.shutdown.clone()));
+    loop {
+        tokio::select! {
+            () = &mut stopping => return,
+            () = tokio::time::sleep(crate::controller::ROLLOUT_TICK) => {}
+            () = state.controller.poked() => {}
+        }
+        if let Err(error) = state.controller.step_rollouts(crate::state::now()).await {
+            tracing::warn!(%error, "stepping rollouts failed; retrying");
+        }
+        tokio::select! {
+            () = &mut stopping => return,
+            () = tokio::time::sleep(ROLLOUT_MIN_INTERVAL) => {}
         }
     }
 }

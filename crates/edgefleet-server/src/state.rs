@@ -49,7 +49,7 @@ impl AppState {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self(Arc::new(Shared {
-            controller: Controller::new(store.clone()),
+            controller: Controller::new(store.clone(), settings.not_ready_after),
             store,
             ca,
             ca_sha256: settings.ca_sha256,

@@ -202,6 +202,16 @@ async fn apply_creates_revisions_only_when_the_spec_changes() {
     let server = TestServer::start(dir.path()).await;
     let node = server.enroll("edge-1", json!({ "site": "a" })).await;
     let admin = server.admin();
+    let agent = server.node_api(&node);
+    // Heard from: a rollout only releases nodes that are online.
+    let (status, _) = agent
+        .send(
+            Method::POST,
+            "/v1/agent/heartbeat",
+            Some(json!({ "applied_generation": 0 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let apply = |command: &str| json!({ "deployments": [deployment("web", json!({ "matchLabels": { "site": "a" } }), command)] });
 
     let (status, first) = admin
@@ -227,9 +237,16 @@ async fn apply_creates_revisions_only_when_the_spec_changes() {
         "the node has not reported yet"
     );
 
-    // The node reports the workload running at the desired generation: up to date.
-    let agent = server.node_api(&node);
-    let (_, desired) = agent.get("/v1/agent/desired").await;
+    // The rollout releases the node (its only step) within a tick; then it reports the
+    // workload running at the desired generation: up to date.
+    let mut desired = json!(null);
+    for _ in 0..50 {
+        desired = agent.get("/v1/agent/desired").await.1;
+        if !desired["workloads"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let workload = &desired["workloads"][0];
     let report = json!({
         "node": "edge-1",

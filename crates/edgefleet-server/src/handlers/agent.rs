@@ -13,7 +13,7 @@ use edgefleet_core::lifecycle::{TokenState, token_state};
 use edgefleet_wire::api::{
     Ack, DesiredState, EnrollRequest, EnrollResponse, Heartbeat, RenewRequest, RenewResponse,
 };
-use edgefleet_wire::node::{NodeFacts, ReportedState};
+use edgefleet_wire::node::{EventBatch, EventsAck, NodeFacts, ReportedState};
 use serde::Deserialize;
 
 use crate::auth::{NodeCaller, hashes_equal, revoked_error, secret_sha256, split_token};
@@ -214,10 +214,23 @@ pub async fn desired(
     caller: NodeCaller,
     ApiQuery(query): ApiQuery<DesiredQuery>,
 ) -> ApiResult<Response> {
-    let wait = Duration::from_secs(query.wait_seconds.unwrap_or(0)).min(MAX_WAIT);
-    let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first read: a change between the read and the wait still wakes us.
     let mut wakeup = state.controller.subscribe(&caller.name);
+    let result = wait_for_desired(&state, &caller, &query, &mut wakeup).await;
+    drop(wakeup);
+    // The map of wake-up channels holds only nodes with a poll open, not every node ever.
+    state.controller.forget_idle(&caller.name);
+    result
+}
+
+async fn wait_for_desired(
+    state: &AppState,
+    caller: &NodeCaller,
+    query: &DesiredQuery,
+    wakeup: &mut tokio::sync::watch::Receiver<u64>,
+) -> ApiResult<Response> {
+    let wait = Duration::from_secs(query.wait_seconds.unwrap_or(0)).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
     let mut stopping = std::pin::pin!(crate::state::stopping(state.shutdown.clone()));
     loop {
         let node = state.store.get_node(&caller.name).await?.ok_or_else(|| {
@@ -261,7 +274,31 @@ pub async fn status(
         .set_node_reported(&caller.name, report, now())
         .await?;
     state.wrote_last_seen(&caller.name);
+    // Rollouts gate on what nodes report; let them look now rather than at the next tick.
+    state.controller.poke();
     Ok(ack())
+}
+
+/// The most events one batch may carry; the agent sends at most 500.
+const MAX_EVENTS_PER_BATCH: usize = 1_000;
+
+pub async fn events(
+    State(state): State<AppState>,
+    caller: NodeCaller,
+    ApiJson(batch): ApiJson<EventBatch>,
+) -> ApiResult<Json<EventsAck>> {
+    if batch.events.len() > MAX_EVENTS_PER_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "an event batch holds at most {MAX_EVENTS_PER_BATCH} events, this one has {}",
+            batch.events.len()
+        )));
+    }
+    let stored_through = state
+        .store
+        .insert_node_events(&caller.name, batch.events, now())
+        .await?;
+    state.wrote_last_seen(&caller.name);
+    Ok(Json(EventsAck { stored_through }))
 }
 
 pub async fn facts(

@@ -6,20 +6,23 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use edgefleet_core::hash::{revision_hash, short};
-use edgefleet_core::manifest::validate;
+use edgefleet_core::manifest::{validate, validate_window};
 use edgefleet_core::merge::merge_for_node;
 use edgefleet_wire::api::{
     Ack, ApplyRequest, ApplyResponse, ApplyResult, DeploymentDetail, DeploymentSummary,
-    RevisionInfo,
+    RevisionInfo, WindowApplyResult,
 };
+use edgefleet_wire::manifest::{DeploymentManifest, MaintenanceWindowManifest};
+use edgefleet_wire::plan::PlanBasis;
 
 use crate::auth::ApiCaller;
-use crate::controller::deployment_refs;
+use crate::controller::{ApplyError, deployment_refs};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
+use crate::planner::window_hash;
 use crate::state::{AppState, now};
 use crate::status::{NodeView, Rollup, deployment_rollup};
-use crate::store::{ApplyItem, DeploymentRecord, NewAudit, NodeRecord};
+use crate::store::{ApplyItem, DeploymentRecord, NewAudit, NodeRecord, WindowRecord};
 
 fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("deployment {name:?} not found"))
@@ -107,10 +110,9 @@ pub async fn delete(
             short(&current.revision)
         ),
     );
-    if !state.store.delete_deployment(&name, audit).await? {
+    if !state.controller.delete_deployment(&name, audit).await? {
         return Err(not_found(&name));
     }
-    state.controller.recompute_logged().await;
     Ok(Json(Ack { ok: true }))
 }
 
@@ -127,13 +129,26 @@ fn invalid_manifest(index: usize, name: &str, field: &str, message: &str) -> Api
     ])
 }
 
-pub async fn apply(
-    State(state): State<AppState>,
-    caller: ApiCaller,
-    ApiJson(request): ApiJson<ApplyRequest>,
-) -> ApiResult<Json<ApplyResponse>> {
+fn invalid_window(index: usize, name: &str, field: &str, message: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_manifest",
+        format!("invalid manifest for maintenance window {name:?}: field {field}: {message}"),
+    )
+    .with_details(vec![
+        format!("maintenance window: {name} (windows[{index}])"),
+        format!("field: {field}"),
+        message.to_owned(),
+    ])
+}
+
+/// Validates every document of an apply or plan request.
+pub fn check_documents(
+    deployments: &[DeploymentManifest],
+    windows: &[MaintenanceWindowManifest],
+) -> ApiResult<()> {
     let mut names = BTreeSet::new();
-    for (index, manifest) in request.deployments.iter().enumerate() {
+    for (index, manifest) in deployments.iter().enumerate() {
         let name = &manifest.metadata.name;
         validate(manifest)
             .map_err(|(field, message)| invalid_manifest(index, name, &field, &message))?;
@@ -146,20 +161,83 @@ pub async fn apply(
             ));
         }
     }
-    let items: Vec<ApplyItem> = request
-        .deployments
+    let mut names = BTreeSet::new();
+    for (index, manifest) in windows.iter().enumerate() {
+        let name = &manifest.metadata.name;
+        validate_window(manifest)
+            .map_err(|(field, message)| invalid_window(index, name, &field, &message))?;
+        if !names.insert(name.as_str()) {
+            return Err(invalid_window(
+                index,
+                name,
+                "metadata.name",
+                "this maintenance window is defined twice in the request",
+            ));
+        }
+    }
+    if deployments.is_empty() && windows.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request has no deployments and no maintenance windows",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn apply(
+    State(state): State<AppState>,
+    caller: ApiCaller,
+    ApiJson(request): ApiJson<ApplyRequest>,
+) -> ApiResult<Json<ApplyResponse>> {
+    check_documents(&request.deployments, &request.windows)?;
+    apply_documents(
+        &state,
+        request.deployments,
+        request.windows,
+        request.plan_basis.as_ref(),
+        &caller.actor(),
+    )
+    .await
+    .map(Json)
+}
+
+/// Stores validated documents through the controller (which starts rollouts).
+pub async fn apply_documents(
+    state: &AppState,
+    deployments: Vec<DeploymentManifest>,
+    windows: Vec<MaintenanceWindowManifest>,
+    basis: Option<&PlanBasis>,
+    actor: &str,
+) -> ApiResult<ApplyResponse> {
+    let items: Vec<ApplyItem> = deployments
         .into_iter()
         .map(|manifest| ApplyItem {
             revision: revision_hash(&manifest.spec),
             manifest,
         })
         .collect();
+    let windows: Vec<WindowRecord> = windows
+        .into_iter()
+        .map(|manifest| WindowRecord {
+            hash: window_hash(&manifest),
+            manifest,
+            updated_at: now(),
+        })
+        .collect();
     let applied = state
-        .store
-        .apply_deployments(items, &caller.actor(), now())
-        .await?;
-    let recomputed = state.controller.recompute().await?;
+        .controller
+        .apply(items, windows, basis, actor, now())
+        .await
+        .map_err(|error| match error {
+            ApplyError::Store(error) => ApiError::from(error),
+            ApplyError::StalePlan(differences) => ApiError::conflict(
+                "the fleet or the deployments changed since the plan was computed; nothing was applied. \
+                 Run `edgefleet plan` again and review the new plan",
+            )
+            .with_details(differences),
+        })?;
+    let recomputed = &applied.recomputed;
     let results = applied
+        .deployments
         .into_iter()
         .map(|a| ApplyResult {
             selected_nodes: recomputed.selected.get(&a.name).copied().unwrap_or(0),
@@ -168,8 +246,33 @@ pub async fn apply(
             revision: a.revision,
         })
         .collect();
-    Ok(Json(ApplyResponse {
-        results,
-        windows: Vec::new(),
-    }))
+    let nodes = state.store.list_nodes().await?;
+    let window_manifests = state.store.list_windows().await?;
+    let windows = applied
+        .windows
+        .into_iter()
+        .map(|(name, action)| {
+            let selected = window_manifests
+                .iter()
+                .find(|w| w.manifest.metadata.name == name)
+                .map_or(0, |w| {
+                    nodes
+                        .iter()
+                        .filter(|n| {
+                            !n.revoked
+                                && edgefleet_core::selector::matches(
+                                    &w.manifest.spec.selector,
+                                    &n.labels,
+                                )
+                        })
+                        .count()
+                });
+            WindowApplyResult {
+                name,
+                action,
+                selected_nodes: u32::try_from(selected).unwrap_or(u32::MAX),
+            }
+        })
+        .collect();
+    Ok(ApplyResponse { results, windows })
 }

@@ -1,6 +1,7 @@
 //! Route handlers, one module per area of the route table (`crate::routes`): `meta`
 //! (health, CA, OpenAPI), `agent` (enrollment and the node channel), `nodes`,
-//! `deployments`, `tokens` (join tokens, API tokens, audit log).
+//! `deployments`, `rollouts`, `plan` (plan and explain), `windows`, `tokens` (join tokens,
+//! API tokens, audit log).
 //!
 //! Handlers authenticate nothing themselves: the route table's access middleware has
 //! already put an `ApiCaller` or `NodeCaller` into the request.
@@ -9,4 +10,7 @@ pub mod agent;
 pub mod deployments;
 pub mod meta;
 pub mod nodes;
+pub mod plan;
+pub mod rollouts;
 pub mod tokens;
+pub mod windows;

@@ -5,6 +5,7 @@ use axum::extract::State;
 use edgefleet_core::labels::{validate_key, validate_labels};
 use edgefleet_core::selector;
 use edgefleet_wire::api::{LabelChange, NodeDetail, NodeSummary};
+use edgefleet_wire::node::StoredNodeEvent;
 use serde::Deserialize;
 
 use crate::auth::ApiCaller;
@@ -22,6 +23,27 @@ const RECENT_CHANGES: u32 = 20;
 pub struct ListQuery {
     #[serde(default)]
     selector: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// The most events one request returns.
+const MAX_EVENTS: u32 = 10_000;
+
+pub async fn events(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> ApiResult<Json<Vec<StoredNodeEvent>>> {
+    if state.store.get_node(&name).await?.is_none() {
+        return Err(node_not_found(&name));
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_EVENTS);
+    Ok(Json(state.store.list_node_events(&name, limit).await?))
 }
 
 fn node_not_found(name: &str) -> ApiError {

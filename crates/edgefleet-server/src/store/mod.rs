@@ -12,9 +12,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use edgefleet_core::rollout::Rollout;
 use edgefleet_wire::api::{ApplyAction, AuditEntry, Conflict, DesiredWorkload, LabelChange, Role};
-use edgefleet_wire::manifest::DeploymentManifest;
-use edgefleet_wire::node::{NodeFacts, ReportedState};
+use edgefleet_wire::manifest::{DeploymentManifest, MaintenanceWindowManifest};
+use edgefleet_wire::node::{NodeEvent, NodeFacts, ReportedState, StoredNodeEvent};
 use edgefleet_wire::{Labels, Timestamp};
 
 mod sqlite;
@@ -168,6 +169,17 @@ pub struct AppliedDeployment {
     pub revision: String,
 }
 
+/// A maintenance window with the content hash of its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowRecord {
+    pub manifest: MaintenanceWindowManifest,
+    pub hash: String,
+    pub updated_at: Timestamp,
+}
+
+/// How many flight-recorder events the server keeps per node; older ones are dropped.
+pub const EVENTS_KEPT_PER_NODE: u64 = 10_000;
+
 /// An audit entry to record; the store assigns the id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAudit {
@@ -296,8 +308,42 @@ pub trait Store: Send + Sync {
         actor: &str,
         at: Timestamp,
     ) -> StoreResult<Vec<AppliedDeployment>>;
-    /// Deletes a deployment and its revisions. False when it does not exist.
+    /// Deletes a deployment, its revisions and its rollouts. False when it does not exist.
     async fn delete_deployment(&self, name: &str, audit: NewAudit) -> StoreResult<bool>;
+
+    // ---- rollouts ----
+    /// Inserts or replaces each rollout (keyed by deployment and number), in one
+    /// transaction.
+    async fn save_rollouts(&self, rollouts: Vec<Rollout>) -> StoreResult<()>;
+    /// The newest rollout of every deployment.
+    async fn latest_rollouts(&self) -> StoreResult<Vec<Rollout>>;
+    /// The rollouts of one deployment, newest first.
+    async fn list_rollouts(&self, deployment: &str, limit: u32) -> StoreResult<Vec<Rollout>>;
+
+    // ---- maintenance windows ----
+    /// Creates or replaces every window whose hash differs, with an audit entry each, in one
+    /// transaction. Results are in request order.
+    async fn apply_windows(
+        &self,
+        items: Vec<WindowRecord>,
+        actor: &str,
+        at: Timestamp,
+    ) -> StoreResult<Vec<(String, ApplyAction)>>;
+    /// Sorted by name.
+    async fn list_windows(&self) -> StoreResult<Vec<WindowRecord>>;
+    async fn delete_window(&self, name: &str, audit: NewAudit) -> StoreResult<bool>;
+
+    // ---- flight-recorder events ----
+    /// Stores the events not stored yet (by `seq`) and drops the node's oldest beyond
+    /// `EVENTS_KEPT_PER_NODE`. Returns the highest seq stored for the node.
+    async fn insert_node_events(
+        &self,
+        node: &str,
+        events: Vec<NodeEvent>,
+        received_at: Timestamp,
+    ) -> StoreResult<u64>;
+    /// Newest first.
+    async fn list_node_events(&self, node: &str, limit: u32) -> StoreResult<Vec<StoredNodeEvent>>;
 
     // ---- audit ----
     async fn record_audit(&self, entry: NewAudit) -> StoreResult<()>;

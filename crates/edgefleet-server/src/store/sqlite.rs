@@ -21,15 +21,20 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use edgefleet_core::rollout::Rollout;
+use edgefleet_wire::node::{NodeEvent, StoredNodeEvent};
+
 use super::{
     ApiTokenRecord, AppliedDeployment, ApplyItem, CertRecord, CreateOutcome, DeploymentRecord,
     DesiredUpdate, EnrollOutcome, Enrollment, JoinTokenRecord, NewAudit, NodeRecord,
-    RevisionRecord, RevokeApiTokenOutcome, Store, StoreError, StoreResult, apply_audit_detail,
+    RevisionRecord, RevokeApiTokenOutcome, Store, StoreError, StoreResult, WindowRecord,
+    apply_audit_detail,
 };
 
 /// Schema migrations; entry `i` takes the database from `user_version` i to i + 1.
 /// Append only: a released migration never changes.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE nodes (
     name TEXT PRIMARY KEY,
     labels TEXT NOT NULL,
@@ -95,7 +100,34 @@ CREATE TABLE audit (
 ) STRICT;
 
 CREATE INDEX audit_by_object ON audit (object, id);
-"#];
+"#,
+    r#"
+CREATE TABLE rollouts (
+    deployment TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    PRIMARY KEY (deployment, number)
+) STRICT;
+
+CREATE TABLE windows (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE node_events (
+    node TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (node, seq)
+) STRICT, WITHOUT ROWID;
+"#,
+];
 
 /// How long a statement waits for a lock held by another connection to the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -769,6 +801,8 @@ fn delete_deployment(
     let tx = write_tx(connection)?;
     tx.execute("DELETE FROM revisions WHERE deployment = ?1", [name])
         .map_err(db("deleting revisions"))?;
+    tx.execute("DELETE FROM rollouts WHERE deployment = ?1", [name])
+        .map_err(db("deleting rollouts"))?;
     let deleted = tx
         .execute("DELETE FROM deployments WHERE name = ?1", [name])
         .map_err(db("deleting a deployment"))?;
@@ -1239,6 +1273,59 @@ impl Store for SqliteStore {
         self.run(move |c| delete_deployment(c, &name, &audit)).await
     }
 
+    async fn save_rollouts(&self, rollouts: Vec<Rollout>) -> StoreResult<()> {
+        self.run(move |c| rollouts::save_rollouts(c, &rollouts))
+            .await
+    }
+
+    async fn latest_rollouts(&self) -> StoreResult<Vec<Rollout>> {
+        self.run(rollouts::latest_rollouts).await
+    }
+
+    async fn list_rollouts(&self, deployment: &str, limit: u32) -> StoreResult<Vec<Rollout>> {
+        let deployment = deployment.to_owned();
+        self.run(move |c| rollouts::list_rollouts(c, &deployment, limit))
+            .await
+    }
+
+    async fn apply_windows(
+        &self,
+        items: Vec<WindowRecord>,
+        actor: &str,
+        at: Timestamp,
+    ) -> StoreResult<Vec<(String, ApplyAction)>> {
+        let actor = actor.to_owned();
+        self.run(move |c| rollouts::apply_windows(c, &items, &actor, at))
+            .await
+    }
+
+    async fn list_windows(&self) -> StoreResult<Vec<WindowRecord>> {
+        self.run(|c| rollouts::list_windows(c)).await
+    }
+
+    async fn delete_window(&self, name: &str, audit: NewAudit) -> StoreResult<bool> {
+        let name = name.to_owned();
+        self.run(move |c| rollouts::delete_window(c, &name, &audit))
+            .await
+    }
+
+    async fn insert_node_events(
+        &self,
+        node: &str,
+        events: Vec<NodeEvent>,
+        received_at: Timestamp,
+    ) -> StoreResult<u64> {
+        let node = node.to_owned();
+        self.run(move |c| events::insert_node_events(c, &node, &events, received_at))
+            .await
+    }
+
+    async fn list_node_events(&self, node: &str, limit: u32) -> StoreResult<Vec<StoredNodeEvent>> {
+        let node = node.to_owned();
+        self.run(move |c| events::list_node_events(c, &node, limit))
+            .await
+    }
+
     async fn record_audit(&self, entry: NewAudit) -> StoreResult<()> {
         self.run(move |c| {
             let tx = write_tx(c)?;
@@ -1255,5 +1342,7 @@ impl Store for SqliteStore {
     }
 }
 
+mod events;
+mod rollouts;
 #[cfg(test)]
 mod tests;
