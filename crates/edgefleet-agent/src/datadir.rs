@@ -5,7 +5,11 @@
 //! journal/   desired.json: the last desired state, written before it is acted on
 //! run/       <workload>.pid: pid and start time of each running workload
 //! logs/      <workload>/stdout.log, stderr.log (+ .1 .. .N rotated)
+//! events/    events.jsonl: the flight recorder's log (one NodeEvent per line);
+//!            delivered: the highest seq the server acknowledged
 //! facts.sha256  hash of the facts last sent to the server
+//! locks.json    the update locks held by workloads (a JSON array of UpdateLock)
+//! agent.sock    the local API socket (0660), present while the agent runs
 //! agent.lock    held (flock) by the running agent: two agents on one directory would
 //!               start every workload twice
 //! ```
@@ -64,6 +68,19 @@ impl DataDir {
         self.root.join("logs")
     }
 
+    /// The flight recorder's directory.
+    pub fn events(&self) -> PathBuf {
+        self.root.join("events")
+    }
+
+    pub fn locks_file(&self) -> PathBuf {
+        self.root.join(crate::locks::FILE_NAME)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.root.join(crate::local_api::SOCKET_FILE)
+    }
+
     pub fn facts_hash(&self) -> PathBuf {
         self.root.join("facts.sha256")
     }
@@ -96,7 +113,7 @@ impl DataDir {
         fsutil::ensure_writable_dir(&self.root, 0o755)?;
         // The identity directory holds the node's private key.
         fsutil::ensure_writable_dir(&self.identity(), 0o700)?;
-        for dir in [self.journal(), self.run(), self.logs()] {
+        for dir in [self.journal(), self.run(), self.logs(), self.events()] {
             fsutil::ensure_writable_dir(&dir, 0o755)?;
         }
         Ok(())

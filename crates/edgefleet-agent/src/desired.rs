@@ -6,17 +6,20 @@
 //! A new state is written to the journal first and handed to the reconciler only once it
 //! is on disk; if the journal cannot be written, the running state stays and the poll
 //! (which returns the same state again at once) is retried. Errors never touch workloads.
+//! Each state accepted is recorded in the flight recorder (`desired-received`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use edgefleet_wire::api::DesiredState;
+use edgefleet_wire::node::NodeEventKind;
 use reqwest::StatusCode;
 use tracing::{error, info, warn};
 
 use crate::channel::{CallError, ServerChannel, decode, send_raw};
 use crate::journal::Journal;
 use crate::reconcile::DesiredSender;
+use crate::recorder::{NewEvent, Recorder};
 use crate::shutdown::Shutdown;
 
 /// How long the server holds a poll open.
@@ -24,10 +27,16 @@ pub const WAIT_SECONDS: u64 = 30;
 /// The client gives up on a poll this much later than the server should have answered.
 const POLL_SLACK: Duration = Duration::from_secs(15);
 
+/// Where the poll puts what it receives.
+pub struct Sinks {
+    pub journal: Journal,
+    pub desired: DesiredSender,
+    pub recorder: Arc<Recorder>,
+}
+
 pub async fn run(
     channel: Arc<ServerChannel>,
-    journal: Journal,
-    desired: DesiredSender,
+    sinks: Sinks,
     mut known_generation: u64,
     mut shutdown: Shutdown,
 ) {
@@ -44,9 +53,7 @@ pub async fn run(
                 }
                 failures = 0;
                 match update {
-                    Some(state) => {
-                        accept(&channel, &journal, &desired, state, &mut known_generation).await
-                    }
+                    Some(state) => accept(&channel, &sinks, state, &mut known_generation).await,
                     None => None,
                 }
             }
@@ -74,8 +81,7 @@ pub async fn run(
 /// Journals `state` and hands it on. Returns how long to wait before the next poll.
 async fn accept(
     channel: &ServerChannel,
-    journal: &Journal,
-    desired: &DesiredSender,
+    sinks: &Sinks,
     state: DesiredState,
     known_generation: &mut u64,
 ) -> Option<Duration> {
@@ -85,13 +91,21 @@ async fn accept(
     }
     let state = Arc::new(state);
     let to_store = state.clone();
-    let store = journal.clone();
+    let store = sinks.journal.clone();
     // fsync can take long on slow flash; keep it off the async thread.
     let stored = tokio::task::spawn_blocking(move || store.store(&to_store)).await;
     match stored {
         Ok(Ok(())) => {
             *known_generation = state.generation;
-            desired.send_replace(Some(state));
+            sinks.recorder.record(NewEvent::new(
+                NodeEventKind::DesiredReceived,
+                format!(
+                    "desired state generation {} ({} workloads)",
+                    state.generation,
+                    state.workloads.len()
+                ),
+            ));
+            sinks.desired.send_replace(Some(state));
             None
         }
         Ok(Err(error)) => {

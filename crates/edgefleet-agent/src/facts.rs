@@ -108,7 +108,7 @@ pub fn gather() -> NodeFacts {
             .unwrap_or(0),
         disks: disks(),
         interfaces: interfaces(),
-        timezone: None,
+        timezone: timezone(Path::new("/")),
         boot_time: read("/proc/stat").and_then(|s| parse_boot_time(&s)),
         machine_id: read_trimmed("/etc/machine-id"),
         dmi: dmi(Path::new("/sys/class/dmi/id")),
@@ -134,6 +134,51 @@ pub fn change_hash(facts: &NodeFacts) -> String {
     }
     let json = serde_json::to_vec(&coarse).unwrap_or_default();
     hex::encode(Sha256::digest(json))
+}
+
+/// The node's IANA time zone under `root` (`/` outside tests): `/etc/timezone` (Debian
+/// and friends) if it names one, else where the `/etc/localtime` symlink points below a
+/// `zoneinfo/` directory, else none (a copied `localtime` file names no zone).
+pub fn timezone(root: &Path) -> Option<String> {
+    let etc = root.join("etc");
+    read(etc.join("timezone"))
+        .and_then(|text| parse_timezone_file(&text))
+        .or_else(|| {
+            let target = fs::read_link(etc.join("localtime")).ok()?;
+            zone_from_localtime_target(&target.to_string_lossy())
+        })
+}
+
+/// The zone named in `/etc/timezone`: its first line, trimmed.
+pub fn parse_timezone_file(text: &str) -> Option<String> {
+    let zone = text.lines().next()?.trim();
+    is_zone_name(zone).then(|| zone.to_owned())
+}
+
+/// The zone a `/etc/localtime` symlink target names: the path after the last
+/// `zoneinfo/` (`/usr/share/zoneinfo/Europe/Berlin`, `../usr/share/zoneinfo/UTC`), without
+/// the `posix/` or `right/` variant directories.
+pub fn zone_from_localtime_target(target: &str) -> Option<String> {
+    let (_, zone) = target.rsplit_once("zoneinfo/")?;
+    let zone = zone
+        .strip_prefix("posix/")
+        .or_else(|| zone.strip_prefix("right/"))
+        .unwrap_or(zone);
+    is_zone_name(zone).then(|| zone.to_owned())
+}
+
+/// Looks like an IANA zone name: `Area/Location` parts of letters, digits, `_`, `-`, `+`.
+fn is_zone_name(zone: &str) -> bool {
+    !zone.is_empty()
+        && zone.len() <= 64
+        && zone.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'+' | b'.'))
+        })
 }
 
 /// Unquotes a shell-style `KEY="value"` value from os-release.
@@ -558,6 +603,53 @@ server:/export /mnt/nfs nfs4 rw 0 0
         ]
         .map(|(k, n, p)| (k.to_owned(), n.to_owned(), p.to_owned()));
         assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn timezone_file_and_localtime_link() {
+        assert_eq!(
+            parse_timezone_file("Europe/Berlin\n"),
+            Some("Europe/Berlin".into())
+        );
+        assert_eq!(parse_timezone_file("  Etc/UTC  \n"), Some("Etc/UTC".into()));
+        assert_eq!(parse_timezone_file("\n"), None);
+        assert_eq!(parse_timezone_file(""), None);
+        assert_eq!(parse_timezone_file("../../etc/passwd"), None);
+        for (target, zone) in [
+            ("/usr/share/zoneinfo/Europe/Berlin", Some("Europe/Berlin")),
+            (
+                "../usr/share/zoneinfo/America/Argentina/Buenos_Aires",
+                Some("America/Argentina/Buenos_Aires"),
+            ),
+            ("/usr/share/zoneinfo/UTC", Some("UTC")),
+            ("/usr/share/zoneinfo/posix/Asia/Tokyo", Some("Asia/Tokyo")),
+            ("/usr/share/zoneinfo/Etc/GMT+5", Some("Etc/GMT+5")),
+            ("/usr/share/zoneinfo/", None),
+            ("/etc/alternatives/localtime", None),
+        ] {
+            assert_eq!(
+                zone_from_localtime_target(target).as_deref(),
+                zone,
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn timezone_from_a_fake_root() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        fs::create_dir_all(&etc).unwrap();
+        assert_eq!(timezone(root.path()), None);
+        std::os::unix::fs::symlink("/usr/share/zoneinfo/Europe/Berlin", etc.join("localtime"))
+            .unwrap();
+        assert_eq!(timezone(root.path()).as_deref(), Some("Europe/Berlin"));
+        // /etc/timezone wins where it exists.
+        fs::write(etc.join("timezone"), "Pacific/Auckland\n").unwrap();
+        assert_eq!(timezone(root.path()).as_deref(), Some("Pacific/Auckland"));
+        // An empty one does not hide the link.
+        fs::write(etc.join("timezone"), "\n").unwrap();
+        assert_eq!(timezone(root.path()).as_deref(), Some("Europe/Berlin"));
     }
 
     #[test]

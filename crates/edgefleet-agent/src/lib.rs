@@ -5,24 +5,32 @@
 //! through the pure `edgefleet_core::supervisor` state machine (`reconcile`) and a runtime
 //! (`runtime`). Over one mTLS channel (`channel`) it long-polls for new desired states
 //! (`desired`), reports status, heartbeats and facts (`report`, `facts`), and renews its
-//! certificate before it expires (`renew`).
+//! certificate before it expires (`renew`). Its flight recorder (`recorder`) keeps a
+//! bounded on-node log of what happened, delivered to the server once it is reachable
+//! (`delivery`). Workloads on the node hold update locks (`locks`) through a local unix
+//! socket (`local_api`).
 //!
 //! **Invariant:** nothing in the agent decides about restarts; the supervisor does.
 //! Reconnecting to the server never restarts a healthy workload.
 //! **Boundary:** `AgentArgs` and `run` (used by the lean `edgefleet-agent` binary and by
-//! `edgefleet agent`).
+//! `edgefleet agent`); `LockArgs` and `lock_command` (`edgefleet-agent lock`, and the
+//! operator binary can offer the same).
 
 #![forbid(unsafe_code)]
 
 pub mod channel;
 pub mod datadir;
+pub mod delivery;
 pub mod desired;
 pub mod enroll;
 pub mod facts;
 pub mod fsutil;
 pub mod identity;
 pub mod journal;
+pub mod local_api;
+pub mod locks;
 pub mod reconcile;
+pub mod recorder;
 pub mod renew;
 pub mod report;
 pub mod runtime;
@@ -36,6 +44,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use edgefleet_core::backoff::Backoff;
 use edgefleet_core::labels::{parse_assignments, validate_name};
+use edgefleet_wire::node::NodeEventKind;
 use edgefleet_wire::{DurationSpec, JoinString, Labels};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -45,19 +54,23 @@ use crate::datadir::DataDir;
 use crate::enroll::EnrollParams;
 use crate::identity::{Identity, IdentityStore};
 use crate::journal::{Journal, JournalError};
+use crate::local_api::LocalApi;
+use crate::locks::Locks;
 use crate::reconcile::Reconciler;
+use crate::recorder::{NewEvent, Recorder};
 use crate::runtime::{ProcessConfig, ProcessRuntime, pidfile};
 use crate::shutdown::Shutdown;
+
+pub use crate::local_api::{LockArgs, LockCommand, lock_command};
+
+/// Where the agent keeps its files unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/edgefleet-agent";
 
 /// The agent's command-line flags; each can also be set through its `EDGEFLEET_*` variable.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentArgs {
-    /// Where the agent keeps its identity, journal, pid files and workload logs
-    #[arg(
-        long,
-        env = "EDGEFLEET_AGENT_DATA_DIR",
-        default_value = "/var/lib/edgefleet-agent"
-    )]
+    /// Where the agent keeps its identity, journal, pid files, workload logs, event log and locks
+    #[arg(long, env = "EDGEFLEET_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Join string from `edgefleet token create`; needed only until the node is enrolled
     #[arg(long, env = "EDGEFLEET_JOIN")]
@@ -77,6 +90,9 @@ pub struct AgentArgs {
     /// Rotated log files kept per stream (`.1` to `.N`)
     #[arg(long, env = "EDGEFLEET_LOG_FILES", default_value_t = 3)]
     pub log_files: u32,
+    /// Events the flight recorder keeps on the node (delivered ones are dropped first)
+    #[arg(long, env = "EDGEFLEET_EVENTS_MAX", default_value_t = recorder::DEFAULT_MAX_EVENTS)]
+    pub events_max: usize,
 }
 
 /// The delay before reconnect attempt `attempt + 1`, jittered so that a fleet that lost
@@ -99,6 +115,12 @@ fn validate(args: &AgentArgs) -> anyhow::Result<Validated> {
     }
     if args.log_max_bytes == 0 {
         bail!("--log-max-bytes must be at least 1");
+    }
+    if args.events_max < recorder::MIN_MAX_EVENTS {
+        bail!(
+            "--events-max must be at least {} (room for an event and the note that older ones were dropped)",
+            recorder::MIN_MAX_EVENTS
+        );
     }
     if let Some(name) = &args.name {
         validate_name(name).map_err(|reason| {
@@ -138,6 +160,16 @@ pub async fn run(
     };
     let channel = Arc::new(channel::ServerChannel::new(&identity)?);
     info!(node = %identity.node, server = %identity.server_url, data_dir = %data.root().display(), "agent starting");
+    let recorder = Arc::new(
+        Recorder::open(&data.events(), args.events_max)
+            .with_context(|| format!("opening the event log in {}", data.events().display()))?,
+    );
+    recorder.record(NewEvent::new(
+        NodeEventKind::AgentStarted,
+        format!("edgefleet-agent {} started", edgefleet_wire::AGENT_VERSION),
+    ));
+    let locks = Arc::new(Locks::open(&data.locks_file(), Some(recorder.clone()))?);
+    let local_api = LocalApi::bind(&data.socket())?;
 
     // Before anything starts: a crashed predecessor's processes must not run twice.
     let leftovers = pidfile::stop_leftovers(&data.run(), pidfile::LEFTOVER_GRACE).await;
@@ -167,6 +199,7 @@ pub async fn run(
         events_tx,
     );
     let (reconciler, status_rx) = Reconciler::new(Box::new(runtime), events_rx);
+    let reconciler = reconciler.with_recorder(recorder.clone());
     let (desired_tx, desired_rx) = watch::channel(initial.map(Arc::new));
     // Dropping `run` without a shutdown (the embedding process is going away) must not
     // leave a reconcile loop behind: it is aborted, and the workloads live on like after a
@@ -178,17 +211,27 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     tasks.spawn(desired::run(
         channel.clone(),
-        journal,
-        desired_tx,
+        desired::Sinks {
+            journal,
+            desired: desired_tx,
+            recorder: recorder.clone(),
+        },
         known_generation,
         shutdown_rx.clone(),
     ));
     tasks.spawn(report::report_status(
         channel.clone(),
         status_rx,
+        locks.subscribe(),
         validated.heartbeat_interval,
         shutdown_rx.clone(),
     ));
+    tasks.spawn(delivery::run(
+        channel.clone(),
+        recorder.clone(),
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(local_api.serve(locks, shutdown_rx.clone()));
     tasks.spawn(report::sync_facts(
         channel.clone(),
         data.facts_hash(),
@@ -210,6 +253,9 @@ pub async fn run(
         result = &mut reconcile_task.0 => result,
     };
     tasks.shutdown().await;
+    // The workloads' last events (stopped) are recorded after delivery ended: flush them
+    // so a power cut while the node is off cannot take them.
+    delivery::sync(&recorder).await;
     drop(watcher);
     match result {
         Ok(()) if shutdown_rx.is_triggered() => {

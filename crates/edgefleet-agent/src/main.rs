@@ -1,27 +1,44 @@
 //! `edgefleet-agent`: the lean agent binary for devices. Only the agent; no server or CLI
 //! code is linked in.
+//!
+//! `edgefleet-agent [flags]` runs the agent; `edgefleet-agent lock ...` talks to the agent
+//! running on this node through its local socket.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use edgefleet_agent::AgentArgs;
+use clap::{Parser, Subcommand};
+use edgefleet_agent::{AgentArgs, LockArgs};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "edgefleet-agent", version, about = "The edgefleet node agent")]
+#[command(
+    name = "edgefleet-agent",
+    version,
+    about = "The edgefleet node agent",
+    // `edgefleet-agent --data-dir X lock list` would silently ask the default data
+    // directory's agent: the lock command takes its own `--data-dir`.
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     agent: AgentArgs,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Hold, release or list update locks through the agent running on this node
+    #[command(after_help = "\
+Examples:
+  edgefleet-agent lock acquire till --reason 'sale in progress'
+  edgefleet-agent lock release till
+  edgefleet-agent lock list --data-dir /var/lib/edgefleet-agent")]
+    Lock(LockArgs),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     // One thread: the agent mostly waits, and each worker thread costs memory.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -33,8 +50,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(edgefleet_agent::run(cli.agent, shutdown_signal())) {
+    match cli.command {
+        Some(Command::Lock(args)) => lock(&runtime, &args),
+        None => agent(&runtime, cli.agent),
+    }
+}
+
+fn agent(runtime: &tokio::runtime::Runtime, args: AgentArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match runtime.block_on(edgefleet_agent::run(args, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn lock(runtime: &tokio::runtime::Runtime, args: &LockArgs) -> ExitCode {
+    match runtime.block_on(edgefleet_agent::lock_command(args)) {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

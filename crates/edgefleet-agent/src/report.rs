@@ -1,12 +1,13 @@
-//! What the agent tells the server: its status (soon after every change and with every
-//! heartbeat), heartbeats, and its facts (at start and when they change).
+//! What the agent tells the server: its status (soon after every change, including a
+//! change of the update locks, and with every heartbeat), heartbeats, and its facts (at
+//! start and when they change).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use edgefleet_wire::api::{Ack, Heartbeat};
-use edgefleet_wire::node::ReportedState;
+use edgefleet_wire::node::{ReportedState, UpdateLock};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, warn};
@@ -22,10 +23,11 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// How often facts are gathered again to see whether they changed.
 pub const FACTS_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
-/// Reports status and sends heartbeats until shutdown.
+/// Reports status (with the update locks in `locks`) and sends heartbeats until shutdown.
 pub async fn report_status(
     channel: Arc<ServerChannel>,
     mut status: watch::Receiver<Status>,
+    mut locks: watch::Receiver<Vec<UpdateLock>>,
     heartbeat_interval: Duration,
     mut shutdown: Shutdown,
 ) {
@@ -34,12 +36,21 @@ pub async fn report_status(
     let mut send_at: Option<Instant> = None;
     let mut failures = 0u32;
     let mut status_open = true;
+    let mut locks_open = true;
     loop {
         tokio::select! {
             () = shutdown.wait() => return,
             changed = status.changed(), if status_open => {
                 if changed.is_err() {
                     status_open = false;
+                }
+                send_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+            }
+            // The server holds updates back from a node whose workloads hold a lock: it
+            // must hear about a new lock as soon as a status change.
+            changed = locks.changed(), if locks_open => {
+                if changed.is_err() {
+                    locks_open = false;
                 }
                 send_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
             }
@@ -65,7 +76,7 @@ pub async fn report_status(
                         workloads: current.workloads.clone(),
                         agent_version: edgefleet_wire::AGENT_VERSION.to_owned(),
                         certificate_not_after: Some(channel.certificate().not_after),
-                        locks: Vec::new(),
+                        locks: locks.borrow_and_update().clone(),
                     }
                 };
                 let request = channel

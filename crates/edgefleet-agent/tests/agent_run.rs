@@ -15,21 +15,12 @@ use edgefleet_wire::JoinString;
 use edgefleet_wire::api::{DesiredState, EnrollRequest};
 use edgefleet_wire::node::ReportedState;
 use fake_server::FakeServer;
-use support::{desired, is_alive, spec, until};
-use tokio::sync::oneshot;
+use support::{Agent, agent_args, desired, is_alive, spec, start_agent, until};
 
 const LIMIT: Duration = Duration::from_secs(15);
 
 fn args(data_dir: &Path, join: Option<String>) -> AgentArgs {
-    AgentArgs {
-        data_dir: data_dir.to_owned(),
-        join,
-        name: Some("node-a".into()),
-        labels: "site=lab".into(),
-        heartbeat_interval: "1s".parse().unwrap(),
-        log_max_bytes: 65536,
-        log_files: 2,
-    }
+    agent_args(data_dir, join)
 }
 
 fn join(server: &FakeServer, ca_sha256: &str) -> String {
@@ -41,31 +32,8 @@ fn join(server: &FakeServer, ca_sha256: &str) -> String {
     .encode()
 }
 
-/// A running agent and the means to stop it.
-struct Agent {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
 fn start(args: AgentArgs) -> Agent {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(edgefleet_agent::run(args, async {
-        let _ = stopped.await;
-    }));
-    Agent {
-        stop: Some(stop),
-        task,
-    }
-}
-
-impl Agent {
-    async fn shutdown(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(LIMIT, self.task)
-            .await
-            .expect("agent did not stop in time")
-            .unwrap()
-    }
+    start_agent(args)
 }
 
 fn workload_state(generation: u64, marker: &str) -> DesiredState {

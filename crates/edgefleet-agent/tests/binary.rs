@@ -135,3 +135,66 @@ fn failure_exits_1_with_the_error_chain() {
         "{stderr}"
     );
 }
+
+fn lock_cli(data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_edgefleet-agent"))
+        .arg("lock")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("EDGEFLEET_AGENT_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn lock_commands_talk_to_the_running_agent() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let missing = lock_cli(d, &["list"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "no agent is running with data dir {}",
+            d.display()
+        )),
+        "{stderr}"
+    );
+
+    enrolled_offline(d);
+    let mut agent = agent(d);
+    until("the local API socket", LIMIT, || {
+        d.join("agent.sock").exists()
+    })
+    .await;
+    let acquired = lock_cli(d, &["acquire", "till", "--reason", "sale in progress"]);
+    assert_eq!(
+        acquired.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&acquired.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&acquired.stdout);
+    assert!(
+        stdout.starts_with("holding the update lock of till"),
+        "{stdout}"
+    );
+    let listed = lock_cli(d, &["list"]);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        stdout.starts_with("WORKLOAD")
+            && stdout.contains("till")
+            && stdout.contains("sale in progress"),
+        "{stdout}"
+    );
+    let refused = lock_cli(d, &["release", "arm"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("\"arm\" holds no update lock"), "{stderr}");
+    assert_eq!(lock_cli(d, &["release", "till"]).status.code(), Some(0));
+
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(agent.wait().unwrap().code(), Some(0));
+    assert!(!d.join("agent.sock").exists(), "socket left after shutdown");
+}

@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgefleet_agent::reconcile::{Reconciler, Status};
+use edgefleet_agent::recorder::Recorder;
 use edgefleet_agent::runtime::{EventSender, ProcessConfig, ProcessRuntime, Runtime};
 use edgefleet_agent::shutdown;
 use edgefleet_core::supervisor::Event;
-use edgefleet_wire::api::DesiredState;
+use edgefleet_wire::api::{DesiredState, DesiredWorkload};
 use edgefleet_wire::manifest::WorkloadSpec;
-use edgefleet_wire::node::WorkloadState;
+use edgefleet_wire::node::{NodeEventKind, WorkloadState};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::{desired, eventually, is_alive, spec};
@@ -28,8 +29,18 @@ struct FakeRuntime {
 }
 
 impl Runtime for FakeRuntime {
-    fn start(&mut self, name: &str, instance: u64, _spec: &WorkloadSpec) {
+    fn start(&mut self, name: &str, instance: u64, spec: &WorkloadSpec) {
         self.calls.lock().unwrap().push(format!("start {name}"));
+        if spec.command == "fail" {
+            self.events
+                .send(Event::StartFailed {
+                    name: name.into(),
+                    instance,
+                    error: "no such program".into(),
+                })
+                .unwrap();
+            return;
+        }
         self.next_pid += 1;
         self.events
             .send(Event::Started {
@@ -183,4 +194,136 @@ async fn a_workload_killed_from_outside_is_restarted_and_shutdown_stops_it() {
         (!is_alive(second)).then_some(())
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn workload_events_reach_the_flight_recorder() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::open(dir.path(), 1000).unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let runtime = FakeRuntime {
+        calls: Arc::new(Mutex::new(Vec::new())),
+        events: tx.clone(),
+        next_pid: 100,
+    };
+    let (reconciler, mut status) = Reconciler::new(Box::new(runtime), rx);
+    let reconciler = reconciler.with_recorder(recorder.clone());
+    let (desired_tx, desired_rx) =
+        watch::channel(state(1, vec![spec("web", "/bin/sleep", &["100"])]));
+    let (trigger, stop) = shutdown::channel();
+    let task = tokio::spawn(reconciler.run(desired_rx, stop));
+
+    let pid_is = |pid: u32| {
+        move |s: &Status| {
+            s.workloads
+                .iter()
+                .any(|w| w.state == WorkloadState::Running && w.pid == Some(pid))
+        }
+    };
+    status_where(&mut status, "web running", pid_is(101)).await;
+    // It exits by itself three times in a row (instances 1 to 3): a crash loop.
+    for (instance, next_pid) in [(1, 102), (2, 103), (3, 104)] {
+        tx.send(Event::Exited {
+            name: "web".into(),
+            instance,
+            code: Some(3),
+            signal: None,
+        })
+        .unwrap();
+        status_where(&mut status, "web restarted", pid_is(next_pid)).await;
+    }
+
+    // A rollback to an earlier revision replaces it; a repeat of that state (a new
+    // generation only) records nothing new.
+    let rolled_back = DesiredWorkload {
+        deployment: "test".into(),
+        revision: "rev-0".into(),
+        spec_hash: "hash-of-rev-0".into(),
+        spec: spec("web", "/bin/sleep", &["50"]),
+        rolled_back: true,
+    };
+    let with_rollback = |generation: u64, extra: Vec<DesiredWorkload>| {
+        let mut workloads = vec![rolled_back.clone()];
+        workloads.extend(extra);
+        Some(Arc::new(DesiredState {
+            node: "node-a".into(),
+            generation,
+            workloads,
+        }))
+    };
+    desired_tx.send_replace(with_rollback(2, vec![]));
+    status_where(&mut status, "the rolled-back revision running", pid_is(105)).await;
+    desired_tx.send_replace(with_rollback(3, vec![]));
+    status_where(&mut status, "generation 3", |s| s.applied_generation == 3).await;
+    // A workload that cannot start, and stays down (restart policy never).
+    let broken: WorkloadSpec = serde_json::from_value(serde_json::json!({
+        "name": "broken", "command": "fail", "restartPolicy": "never"
+    }))
+    .unwrap();
+    desired_tx.send_replace(with_rollback(4, vec![desired(broken)]));
+    status_where(&mut status, "broken given up", |s| {
+        s.workloads
+            .iter()
+            .any(|w| w.name == "broken" && w.state == WorkloadState::Exited)
+    })
+    .await;
+
+    trigger.trigger();
+    tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
+
+    use NodeEventKind::*;
+    let events = recorder.events();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            WorkloadStarted,
+            WorkloadExited,
+            WorkloadStarted,
+            WorkloadExited,
+            WorkloadStarted,
+            WorkloadExited,
+            WorkloadCrashLooping,
+            WorkloadStarted,
+            WorkloadStopped,
+            Rollback,
+            WorkloadStarted,
+            WorkloadStartFailed,
+            WorkloadStopped,
+        ],
+        "{events:#?}"
+    );
+    let about = |i: usize| {
+        (
+            events[i].workload.as_deref().unwrap_or(""),
+            events[i].deployment.as_deref().unwrap_or(""),
+            events[i].revision.as_deref().unwrap_or(""),
+            events[i].message.as_str(),
+        )
+    };
+    assert_eq!(about(0), ("web", "test", "rev-1", "started (pid 101)"));
+    assert_eq!(about(1), ("web", "test", "rev-1", "exited with code 3"));
+    assert!(about(6).3.starts_with("crash loop"), "{:?}", about(6));
+    assert_eq!(
+        about(8),
+        (
+            "web",
+            "test",
+            "rev-1",
+            "stopped by the agent (killed by signal 15)"
+        )
+    );
+    assert_eq!(about(9).0, "web");
+    assert_eq!(about(9).2, "rev-0");
+    assert_eq!(about(10), ("web", "test", "rev-0", "started (pid 105)"));
+    assert_eq!(
+        about(11),
+        (
+            "broken",
+            "test",
+            "rev-1",
+            "failed to start: no such program"
+        )
+    );
+    assert_eq!(about(12).2, "rev-0");
 }

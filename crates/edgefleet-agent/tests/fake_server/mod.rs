@@ -1,6 +1,11 @@
 //! A small in-process stand-in for the edgefleet server's agent routes, over real TLS
 //! with the real CA code, recording every request. Enough HTTP/1.1 for reqwest: one
 //! request per connection, `Connection: close`.
+//!
+//! It stores flight-recorder events like the real server: once per `seq`, answering
+//! `stored_through` (the highest `seq` stored). `offline` makes it unreachable (every
+//! connection is dropped before the TLS handshake); `events_route_missing` makes it an
+//! older server without the events route (404).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
@@ -11,6 +16,7 @@ use edgefleet_wire::api::{
     Ack, CaInfo, DesiredState, EnrollRequest, EnrollResponse, ErrorBody, RenewRequest,
     RenewResponse,
 };
+use edgefleet_wire::node::{EventBatch, EventsAck, NodeEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -33,6 +39,14 @@ pub struct ServerState {
     pub desired_error: Option<u16>,
     /// Validity of certificates issued at enrollment (renewals get an hour).
     pub enroll_validity: Duration,
+    /// Flight-recorder events stored, once per seq, in the order they arrived.
+    pub events: Vec<NodeEvent>,
+    /// The seq of every event received, duplicates included, in the order received.
+    pub events_received: Vec<u64>,
+    /// Drop every connection at once, as if the server were unreachable.
+    pub offline: bool,
+    /// Answer `POST /v1/agent/events` with 404, like a server older than the route.
+    pub events_route_missing: bool,
 }
 
 pub struct FakeServer {
@@ -72,6 +86,10 @@ impl FakeServer {
             enroll_error: None,
             desired_error: None,
             enroll_validity: Duration::from_secs(3600),
+            events: Vec::new(),
+            events_received: Vec::new(),
+            offline: false,
+            events_route_missing: false,
         }));
         let ca = Arc::new(ca);
         let task = {
@@ -82,6 +100,10 @@ impl FakeServer {
                     let Ok((tcp, _)) = listener.accept().await else {
                         return;
                     };
+                    if state.lock().unwrap().offline {
+                        drop(tcp);
+                        continue;
+                    }
                     let (acceptor, state, ca) = (acceptor.clone(), state.clone(), ca.clone());
                     tokio::spawn(async move {
                         if let Ok(tls) = acceptor.accept(tcp).await {
@@ -113,6 +135,25 @@ impl FakeServer {
 
     pub fn set_desired(&self, desired: DesiredState) {
         self.state.lock().unwrap().desired = Some(desired);
+    }
+
+    pub fn set_offline(&self, offline: bool) {
+        self.state.lock().unwrap().offline = offline;
+    }
+
+    /// The flight-recorder events stored so far.
+    pub fn events(&self) -> Vec<NodeEvent> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    /// The join string for this server.
+    pub fn join(&self) -> String {
+        edgefleet_wire::JoinString {
+            url: self.url.clone(),
+            secret: "tok.secret".into(),
+            ca_sha256: self.ca_sha256.clone(),
+        }
+        .encode()
     }
 }
 
@@ -266,6 +307,24 @@ async fn respond(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             (304, String::new())
+        }
+        ("POST", "/v1/agent/events") => {
+            let mut state = state.lock().unwrap();
+            if state.events_route_missing {
+                return error(404, "no such route");
+            }
+            let batch: EventBatch = match serde_json::from_str(body) {
+                Ok(batch) => batch,
+                Err(e) => return error(400, &format!("bad event batch: {e}")),
+            };
+            for event in batch.events {
+                state.events_received.push(event.seq);
+                if !state.events.iter().any(|e| e.seq == event.seq) {
+                    state.events.push(event);
+                }
+            }
+            let stored_through = state.events.iter().map(|e| e.seq).max().unwrap_or(0);
+            (200, json(&EventsAck { stored_through }))
         }
         ("PUT", "/v1/agent/status")
         | ("PUT", "/v1/agent/facts")

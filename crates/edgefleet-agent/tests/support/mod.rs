@@ -2,10 +2,58 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
+use edgefleet_agent::AgentArgs;
 use edgefleet_wire::api::DesiredWorkload;
 use edgefleet_wire::manifest::WorkloadSpec;
+use tokio::sync::oneshot;
+
+/// How long the agent tests wait for anything.
+pub const AGENT_LIMIT: Duration = Duration::from_secs(15);
+
+/// Flags for a test agent named `node-a`, quick to heartbeat.
+pub fn agent_args(data_dir: &Path, join: Option<String>) -> AgentArgs {
+    AgentArgs {
+        data_dir: data_dir.to_owned(),
+        join,
+        name: Some("node-a".into()),
+        labels: "site=lab".into(),
+        heartbeat_interval: "1s".parse().unwrap(),
+        log_max_bytes: 65536,
+        log_files: 2,
+        events_max: 10_000,
+    }
+}
+
+/// A running agent (`edgefleet_agent::run` in a task) and the means to stop it.
+pub struct Agent {
+    stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn start_agent(args: AgentArgs) -> Agent {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(edgefleet_agent::run(args, async {
+        let _ = stopped.await;
+    }));
+    Agent {
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Agent {
+    /// Stops the agent as SIGTERM would, and returns how `run` ended.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(AGENT_LIMIT, self.task)
+            .await
+            .expect("agent did not stop in time")
+            .unwrap()
+    }
+}
 
 /// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
