@@ -452,9 +452,11 @@ impl Fleet {
         )
     }
 
-    /// Waits until a node reports every desired workload running at the desired generation.
+    /// Waits until no rollout is moving any more, then until a node reports every desired
+    /// workload running at the desired generation: the fleet at rest.
     pub async fn wait_converged(&self, node: &str, timeout: Duration) -> serde_json::Value {
         let api = self.api();
+        self.wait_rollouts_settled(timeout).await;
         wait_for(&format!("node {node} converged"), timeout, || {
             let api = api.clone();
             let node = node.to_owned();
@@ -465,6 +467,35 @@ impl Fleet {
             }
         })
         .await
+    }
+
+    /// Waits until the newest rollout of every deployment is no longer progressing,
+    /// baking or awaiting promotion.
+    pub async fn wait_rollouts_settled(&self, timeout: Duration) {
+        let api = self.api();
+        wait_for("every rollout settled", timeout, || {
+            let api = api.clone();
+            async move {
+                let deployments: serde_json::Value = api.get_json("/v1/deployments").await.ok()?;
+                for deployment in deployments.as_array()? {
+                    let name = deployment["name"].as_str()?;
+                    let reply = api
+                        .get(&format!("/v1/deployments/{name}/rollout?nodes=false"))
+                        .await
+                        .ok()?;
+                    if reply.status == 404 {
+                        continue;
+                    }
+                    let rollout = reply.json();
+                    let phase = rollout["phase"].as_str()?;
+                    if matches!(phase, "progressing" | "baking" | "awaiting-promotion") {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
     }
 }
 

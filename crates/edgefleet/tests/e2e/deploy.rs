@@ -222,7 +222,7 @@ async fn changes_reach_agents_at_once_and_reconcile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_policies_and_crash_loops_are_reported() {
     let fleet = fleet_with(&[], &[("edge-1", "site=a")]).await;
-    let text = "apiVersion: edgefleet.io/v1\nkind: Deployment\nmetadata:\n  name: jobs\nspec:\n  workloads:\n    - name: crasher\n      command: /bin/sh\n      args: [\"-c\", \"echo dying >&2; exit 3\"]\n    - name: once\n      command: /bin/sh\n      args: [\"-c\", \"exit 0\"]\n      restartPolicy: on-failure\n    - name: missing\n      command: /no/such/binary\n";
+    let text = "apiVersion: edgefleet.io/v1\nkind: Deployment\nmetadata:\n  name: jobs\nspec:\n  rollout:\n    autoRollback: false\n  workloads:\n    - name: crasher\n      command: /bin/sh\n      args: [\"-c\", \"echo dying >&2; exit 3\"]\n    - name: once\n      command: /bin/sh\n      args: [\"-c\", \"exit 0\"]\n      restartPolicy: on-failure\n    - name: missing\n      command: /no/such/binary\n";
     apply(&fleet, "jobs.yaml", text);
     let api = fleet.api();
     let detail = wait_for("crasher crash-looping, once exited", LONG, || {
