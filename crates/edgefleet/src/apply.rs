@@ -1,7 +1,9 @@
-//! `edgefleet apply -f PATH...`: expand paths, parse every manifest locally, then send them
-//! all in one request.
+//! `edgefleet apply -f PATH...`: expand paths, parse every manifest (deployments and
+//! maintenance windows) locally, then send them all in one request. `edgefleet apply --plan
+//! FILE` sends the documents of a saved plan with the basis it was computed against.
 //!
 //! Nothing is sent unless every file parses: a half-applied set of files is worse than none.
+//! `edgefleet plan` loads its files the same way.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -9,10 +11,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use edgefleet_core::hash::short;
-use edgefleet_wire::api::{ApplyAction, ApplyRequest, ApplyResponse, ApplyResult};
-use edgefleet_wire::manifest::DeploymentManifest;
+use edgefleet_core::manifest::Documents;
+use edgefleet_wire::api::{
+    ApplyAction, ApplyRequest, ApplyResponse, ApplyResult, WindowApplyResult,
+};
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, ClientError, render_error_body};
 
 /// One place manifests come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,50 +93,95 @@ fn is_yaml(path: &Path) -> bool {
     )
 }
 
+/// What the documents are loaded for; it names what did not happen when they are bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    Apply,
+    Plan,
+}
+
+impl Intent {
+    fn nothing_done(self) -> &'static str {
+        match self {
+            Self::Apply => "nothing was applied",
+            Self::Plan => "nothing was planned",
+        }
+    }
+}
+
 /// Reads and parses every source. On failure the error lists every bad file, one per line.
-pub fn load(sources: &[Source]) -> anyhow::Result<Vec<DeploymentManifest>> {
-    let mut manifests = Vec::new();
+/// A set without any document is refused too: applying it would be a silent no-op.
+pub fn load(sources: &[Source], intent: Intent) -> anyhow::Result<Documents> {
+    let mut documents = Documents::default();
     let mut errors = Vec::new();
-    // Where each deployment name was first seen, to report duplicates across files.
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    // Where each name was first seen, per kind, to report duplicates across files.
+    let mut seen_deployments: BTreeMap<String, String> = BTreeMap::new();
+    let mut seen_windows: BTreeMap<String, String> = BTreeMap::new();
     for source in sources {
-        let text = match read(source) {
-            Ok(text) => text,
+        let parsed = match read(source) {
+            Ok(text) => edgefleet_core::manifest::parse_documents(&source.name(), &text),
             Err(error) => {
                 errors.push(format!("{error:#}"));
                 continue;
             }
         };
-        match edgefleet_core::manifest::parse(&source.name(), &text) {
-            Ok(parsed) => {
-                for manifest in parsed {
-                    let name = manifest.metadata.name.clone();
-                    if let Some(first) = seen.get(&name) {
-                        errors.push(format!(
-                            "{}: deployment {name} is also defined in {first}",
-                            source.name()
-                        ));
-                        continue;
-                    }
-                    seen.insert(name, source.name());
-                    manifests.push(manifest);
-                }
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                errors.push(error.to_string());
+                continue;
             }
-            Err(error) => errors.push(error.to_string()),
+        };
+        for manifest in parsed.deployments {
+            match first_definition(&mut seen_deployments, &manifest.metadata.name, source) {
+                Some(first) => errors.push(format!(
+                    "{}: deployment {} is also defined in {first}",
+                    source.name(),
+                    manifest.metadata.name
+                )),
+                None => documents.deployments.push(manifest),
+            }
+        }
+        for window in parsed.windows {
+            match first_definition(&mut seen_windows, &window.metadata.name, source) {
+                Some(first) => errors.push(format!(
+                    "{}: maintenance window {} is also defined in {first}",
+                    source.name(),
+                    window.metadata.name
+                )),
+                None => documents.windows.push(window),
+            }
         }
     }
     if !errors.is_empty() {
         let n = errors.len();
         bail!(
-            "{}\nnothing was applied: {n} problem{} found",
+            "{}\n{}: {n} problem{} found",
             errors.join("\n"),
+            intent.nothing_done(),
             if n == 1 { "" } else { "s" }
         );
     }
-    if manifests.is_empty() {
-        bail!("the given files hold no deployments; nothing was applied");
+    if documents.deployments.is_empty() && documents.windows.is_empty() {
+        bail!(
+            "the given files hold no deployments and no maintenance windows; {}",
+            intent.nothing_done()
+        );
     }
-    Ok(manifests)
+    Ok(documents)
+}
+
+/// Records that `name` is defined in `source`; the source of an earlier definition if any.
+fn first_definition(
+    seen: &mut BTreeMap<String, String>,
+    name: &str,
+    source: &Source,
+) -> Option<String> {
+    if let Some(first) = seen.get(name) {
+        return Some(first.clone());
+    }
+    seen.insert(name.to_owned(), source.name());
+    None
 }
 
 fn read(source: &Source) -> anyhow::Result<String> {
@@ -150,46 +199,97 @@ fn read(source: &Source) -> anyhow::Result<String> {
     }
 }
 
-/// `deployment/NAME created (revision abc123def456, 3 nodes)`.
-pub fn result_line(result: &ApplyResult) -> String {
-    let action = match result.action {
+fn action_word(action: ApplyAction) -> &'static str {
+    match action {
         ApplyAction::Created => "created",
         ApplyAction::Updated => "updated",
         ApplyAction::Unchanged => "unchanged",
-    };
-    let nodes = if result.selected_nodes == 1 {
-        "node"
+    }
+}
+
+/// `1 node`, `3 nodes`.
+pub fn n_nodes(n: impl Into<u64>) -> String {
+    let n = n.into();
+    if n == 1 {
+        "1 node".to_owned()
     } else {
-        "nodes"
-    };
+        format!("{n} nodes")
+    }
+}
+
+/// `deployment/NAME created (revision abc123def456, 3 nodes)`.
+pub fn result_line(result: &ApplyResult) -> String {
     format!(
-        "deployment/{} {action} (revision {}, {} {nodes})",
+        "deployment/{} {} (revision {}, {})",
         result.name,
+        action_word(result.action),
         short(&result.revision),
-        result.selected_nodes
+        n_nodes(result.selected_nodes)
     )
+}
+
+/// `window/NAME created (3 nodes)`.
+pub fn window_result_line(result: &WindowApplyResult) -> String {
+    format!(
+        "window/{} {} ({})",
+        result.name,
+        action_word(result.action),
+        n_nodes(result.selected_nodes)
+    )
+}
+
+/// Every line of an apply's answer: deployments first, then windows.
+pub fn response_lines(response: &ApplyResponse) -> String {
+    let deployments = response.results.iter().map(result_line);
+    let windows = response.windows.iter().map(window_result_line);
+    deployments.chain(windows).map(|line| line + "\n").collect()
 }
 
 /// Parses and sends; returns the server's answer.
 pub async fn apply(client: &ApiClient, paths: &[PathBuf]) -> anyhow::Result<ApplyResponse> {
-    let manifests = load(&expand_paths(paths)?)?;
-    send(client, manifests).await
+    let documents = load(&expand_paths(paths)?, Intent::Apply)?;
+    send(
+        client,
+        &ApplyRequest {
+            deployments: documents.deployments,
+            windows: documents.windows,
+            plan_basis: None,
+        },
+    )
+    .await
 }
 
-pub async fn send(
-    client: &ApiClient,
-    deployments: Vec<DeploymentManifest>,
-) -> anyhow::Result<ApplyResponse> {
-    let response: ApplyResponse = client
-        .post(
-            &["v1", "apply"],
-            &ApplyRequest {
-                deployments,
-                windows: Vec::new(),
-                plan_basis: None,
-            },
-        )
-        .await?;
+/// Applies exactly the documents of the plan saved in `path`, if the fleet and the
+/// deployments are still what the plan was computed against.
+pub async fn apply_plan(client: &ApiClient, path: &Path) -> anyhow::Result<ApplyResponse> {
+    let plan = crate::plan::read_plan_file(path)?;
+    let request = ApplyRequest {
+        deployments: plan.request.deployments,
+        windows: plan.request.windows,
+        plan_basis: Some(plan.basis),
+    };
+    match client.post(&["v1", "apply"], &request).await {
+        Ok(response) => Ok(response),
+        Err(ClientError::Api { status: 409, body }) => Err(anyhow::anyhow!(
+            "{}\n{}",
+            render_error_body(&body),
+            stale_plan_hint(path)
+        )),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// What to do when the server refuses a plan because the fleet changed since.
+fn stale_plan_hint(path: &Path) -> String {
+    let path = crate::views::shell_word(&path.display().to_string());
+    format!(
+        "  hint: {path} is out of date; run `edgefleet plan -f ... --out {path}` again, review \
+         it, and apply the new plan"
+    )
+}
+
+pub async fn send(client: &ApiClient, request: &ApplyRequest) -> anyhow::Result<ApplyResponse> {
+    let response: ApplyResponse = client.post(&["v1", "apply"], request).await?;
     Ok(response)
 }
 
@@ -263,7 +363,7 @@ spec:
         );
         let field = write(dir.path(), "c.yaml", &GOOD.replace("NAME", "Bad_Name"));
         let sources = expand_paths(&[dir.path().to_path_buf()]).unwrap();
-        let message = format!("{:#}", load(&sources).unwrap_err());
+        let message = format!("{:#}", load(&sources, Intent::Apply).unwrap_err());
         let lines: Vec<&str> = message.lines().collect();
         assert_eq!(lines.len(), 3, "{message}");
         assert!(
@@ -278,7 +378,9 @@ spec:
             "{message}"
         );
         assert_eq!(lines[2], "nothing was applied: 2 problems found");
-        assert_eq!(load(&[Source::File(good)]).unwrap().len(), 1);
+        let documents = load(&[Source::File(good)], Intent::Apply).unwrap();
+        assert_eq!(documents.deployments.len(), 1);
+        assert!(documents.windows.is_empty());
     }
 
     #[test]
@@ -286,7 +388,7 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let a = write(dir.path(), "a.yaml", &GOOD.replace("NAME", "web"));
         let b = write(dir.path(), "b.yaml", &GOOD.replace("NAME", "web"));
-        let message = load(&[Source::File(a.clone()), Source::File(b)])
+        let message = load(&[Source::File(a.clone()), Source::File(b)], Intent::Plan)
             .unwrap_err()
             .to_string();
         assert!(
@@ -295,6 +397,81 @@ spec:
                 a.display()
             )),
             "{message}"
+        );
+    }
+
+    const WINDOW: &str = "\
+apiVersion: edgefleet.io/v1
+kind: MaintenanceWindow
+metadata:
+  name: NAME
+spec:
+  schedule:
+    - start: \"02:00\"
+      duration: 2h
+";
+
+    #[test]
+    fn deployments_and_windows_load_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let both = format!(
+            "{}---\n{}",
+            GOOD.replace("NAME", "web"),
+            WINDOW.replace("NAME", "night")
+        );
+        let a = write(dir.path(), "a.yaml", &both);
+        let b = write(dir.path(), "b.yaml", &WINDOW.replace("NAME", "weekend"));
+        let documents = load(&[Source::File(a.clone()), Source::File(b)], Intent::Apply).unwrap();
+        let names: Vec<&str> = documents
+            .windows
+            .iter()
+            .map(|w| w.metadata.name.as_str())
+            .collect();
+        assert_eq!(names, ["night", "weekend"]);
+        assert_eq!(documents.deployments.len(), 1);
+        // A set of only windows is fine too.
+        let only = load(&[Source::File(a.clone())], Intent::Plan).unwrap();
+        assert_eq!(only.windows.len(), 1);
+        let c = write(dir.path(), "c.yaml", &WINDOW.replace("NAME", "night"));
+        let message = load(
+            &[Source::File(a.clone()), Source::File(c.clone())],
+            Intent::Apply,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            message,
+            format!(
+                "{}: maintenance window night is also defined in {}\nnothing was applied: 1 problem found",
+                c.display(),
+                a.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_set_without_documents_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = write(dir.path(), "empty.yaml", "# nothing yet\n");
+        let message = load(&[Source::File(empty.clone())], Intent::Apply)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "the given files hold no deployments and no maintenance windows; nothing was applied"
+        );
+        let message = load(&[Source::File(empty)], Intent::Plan)
+            .unwrap_err()
+            .to_string();
+        assert!(message.ends_with("nothing was planned"), "{message}");
+    }
+
+    #[test]
+    fn stale_plans_get_a_hint() {
+        assert_eq!(
+            stale_plan_hint(Path::new("plan.json")),
+            "  hint: plan.json is out of date; run `edgefleet plan -f ... --out plan.json` \
+             again, review it, and apply the new plan"
         );
     }
 
@@ -315,6 +492,19 @@ spec:
         assert_eq!(
             result_line(&result),
             "deployment/base unchanged (revision 0123456789ab, 1 node)"
+        );
+        let response = ApplyResponse {
+            results: vec![result],
+            windows: vec![WindowApplyResult {
+                name: "night".into(),
+                action: ApplyAction::Updated,
+                selected_nodes: 20,
+            }],
+        };
+        assert_eq!(
+            response_lines(&response),
+            "deployment/base unchanged (revision 0123456789ab, 1 node)\n\
+             window/night updated (20 nodes)\n"
         );
     }
 }

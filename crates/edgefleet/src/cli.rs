@@ -23,10 +23,16 @@ Examples:
   JOIN=$(edgefleet token create --labels site=berlin)
   edgefleet agent --data-dir /var/lib/edgefleet-agent --join \"$JOIN\"
 
-  # Say what runs where, and watch it
-  edgefleet apply -f deployments/
+  # Say what runs where: review the change, apply exactly it, watch it roll out
+  edgefleet plan -f deployments/ --out plan.json
+  edgefleet apply --plan plan.json
+  edgefleet rollout status web --watch
   edgefleet get nodes -l site=berlin
   edgefleet describe node edge-1
+
+  # Find out why a node runs what it runs (or does not update)
+  edgefleet explain node edge-1
+  edgefleet events node edge-1
 
 Configuration: every command but `server`, `agent` and `quickstart` talks HTTPS to a server.
 The server URL, API token and CA certificate come from the flags, then the EDGEFLEET_*
@@ -119,21 +125,63 @@ Examples:
 
 The CA fingerprint is printed by `edgefleet server` at start.")]
     Login(LoginArgs),
-    /// Create or update deployments from manifest files
+    /// Create or update deployments and maintenance windows from manifest files
     #[command(after_help = "\
 Examples:
   edgefleet apply -f examples/quickstart.yaml
   edgefleet apply -f deployments/            # every *.yaml/*.yml below, sorted
   cat web.yaml | edgefleet apply -f -
+  edgefleet apply --plan plan.json           # exactly what `edgefleet plan --out` saved
 
-Every file is parsed first; if any is invalid nothing is sent.")]
+Every file is parsed first; if any is invalid nothing is sent. Files hold `kind: Deployment`
+and `kind: MaintenanceWindow` documents. With --plan the server refuses (and nothing
+changes) when the fleet or the deployments changed since the plan was computed.")]
     Apply(ApplyArgs),
-    /// List nodes, deployments, join tokens or API tokens
+    /// Show what applying manifest files would change, node by node, without changing anything
+    #[command(after_help = "\
+Examples:
+  edgefleet plan -f deployments/
+  edgefleet plan -f web.yaml --out plan.json    # then: edgefleet apply --plan plan.json
+  edgefleet plan -f web.yaml -o json
+
+The plan lists, per deployment, the revision change, the nodes it selects and changes and
+the rollout steps; then the nodes grouped by identical changes, the nodes a maintenance
+window, an update lock or being offline holds back, and workloads another deployment
+overrides (same priority: a conflict, shown as a warning).")]
+    Plan(PlanArgs),
+    /// Follow and steer rollouts: status, pause, resume, promote, abort, undo, history
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  edgefleet rollout status web --watch
+  edgefleet rollout promote web
+  edgefleet rollout undo web --to-revision 3
+  edgefleet rollout history web"
+    )]
+    Rollout(RolloutCommand),
+    /// Explain why a node runs what it runs, or why it does not update
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  edgefleet explain node edge-1
+  edgefleet explain node edge-1 deployment web"
+    )]
+    Explain(ExplainCommand),
+    /// Show what happened on a node, as its flight recorder saw it
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  edgefleet events node edge-1\n  edgefleet events node edge-1 --limit 500 -o json"
+    )]
+    Events(EventsCommand),
+    /// List nodes, deployments, maintenance windows, join tokens or API tokens
     #[command(after_help = "\
 Examples:
   edgefleet get nodes
   edgefleet get nodes -l 'site in (berlin,lisbon),!maintenance'
   edgefleet get deployments -o yaml
+  edgefleet get windows
   edgefleet get tokens")]
     Get(GetArgs),
     /// Show everything about one node or deployment
@@ -148,10 +196,10 @@ Examples:
         after_help = "Examples:\n  edgefleet label node edge-1 site=berlin rack=r4\n  edgefleet label node edge-1 rack-"
     )]
     Label(LabelCommand),
-    /// Delete a deployment
+    /// Delete a deployment or a maintenance window
     #[command(
         subcommand,
-        after_help = "Examples:\n  edgefleet delete deployment berlin-greeting"
+        after_help = "Examples:\n  edgefleet delete deployment berlin-greeting\n  edgefleet delete window night"
     )]
     Delete(DeleteCommand),
     /// Create, list and revoke join tokens (for enrolling nodes)
@@ -188,11 +236,30 @@ pub struct ServerCommand {
     pub args: edgefleet_server::ServerArgs,
 }
 
-/// `edgefleet agent`'s flags are the agent library's.
+/// `edgefleet agent`'s flags are the agent library's. `edgefleet agent lock ...` talks to
+/// an agent running on this node instead of running one.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AgentCommand {
+    #[command(subcommand)]
+    pub command: Option<AgentSubcommand>,
     #[command(flatten)]
     pub args: edgefleet_agent::AgentArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentSubcommand {
+    /// Hold, release or list update locks through the agent running on this node
+    #[command(after_help = "\
+Examples:
+  # A till holds back updates of its node while a sale is in progress
+  edgefleet agent lock acquire till --reason 'sale in progress'
+  edgefleet agent lock release till
+  edgefleet agent lock list --data-dir /var/lib/edgefleet-agent
+
+A rollout does not update a node while one of its workloads holds a lock, for at most the
+deployment's rollout.maxLockDeferral.")]
+    Lock(edgefleet_agent::LockArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -223,11 +290,29 @@ pub struct LoginArgs {
     pub ca_fingerprint: Option<String>,
 }
 
+/// Either manifest files or a saved plan, never both.
 #[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
 pub struct ApplyArgs {
+    /// A manifest file, a directory (every *.yaml/*.yml below it) or - for standard input
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub files: Vec<PathBuf>,
+    /// Apply exactly the documents of a plan saved by `edgefleet plan --out FILE`, and only
+    /// if the fleet and the deployments are still what the plan was computed against
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
     /// A manifest file, a directory (every *.yaml/*.yml below it) or - for standard input
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
     pub files: Vec<PathBuf>,
+    /// Also save the plan as JSON to FILE, for `edgefleet apply --plan FILE`
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// What `get` lists.
@@ -237,6 +322,9 @@ pub enum Kind {
     Nodes,
     #[value(alias = "deployment", alias = "deploy")]
     Deployments,
+    /// Maintenance windows
+    #[value(alias = "window")]
+    Windows,
     /// Join tokens
     #[value(alias = "token")]
     Tokens,
@@ -308,6 +396,137 @@ pub enum DeleteCommand {
     Deployment {
         /// The deployment's name
         name: String,
+    },
+    /// Delete a maintenance window; the nodes it selected may then be updated at any time
+    /// (unless another window selects them)
+    #[command(after_help = "Examples:\n  edgefleet delete window night")]
+    Window {
+        /// The window's name
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show the latest rollout of a deployment: phase, steps and counts; --watch follows it
+    #[command(after_help = "\
+Examples:
+  edgefleet rollout status web
+  edgefleet rollout status web --nodes       # also every node that is not healthy, and why
+  edgefleet rollout status web --watch       # until it finishes; exit 1 unless it succeeded
+
+--watch polls every second. On a terminal it redraws one progress line; otherwise it
+prints a line whenever something changed. Ctrl-C stops watching, not the rollout.")]
+    Status(RolloutStatusArgs),
+    /// Pause a rollout: released nodes keep their update, no further nodes are released
+    #[command(after_help = "Examples:\n  edgefleet rollout pause web")]
+    Pause {
+        /// The deployment's name
+        name: String,
+    },
+    /// Resume a paused rollout
+    #[command(after_help = "Examples:\n  edgefleet rollout resume web")]
+    Resume {
+        /// The deployment's name
+        name: String,
+    },
+    /// Let a rollout go past its canary (for `canary.manualPromotion: true`)
+    #[command(after_help = "Examples:\n  edgefleet rollout promote web")]
+    Promote {
+        /// The deployment's name
+        name: String,
+    },
+    /// Stop a rollout; with `autoRollback` (the default) updated nodes go back to the
+    /// previous revision
+    #[command(after_help = "Examples:\n  edgefleet rollout abort web")]
+    Abort {
+        /// The deployment's name
+        name: String,
+    },
+    /// Roll a deployment back to an earlier revision (a new rollout of that revision)
+    #[command(after_help = "\
+Examples:
+  edgefleet rollout undo web                    # back to the revision before the current one
+  edgefleet rollout undo web --to-revision 3    # numbers as in `edgefleet rollout history web`")]
+    Undo {
+        /// The deployment's name
+        name: String,
+        /// The revision number to go back to [default: the one before the current revision]
+        #[arg(long, value_name = "N")]
+        to_revision: Option<u32>,
+    },
+    /// List the rollouts of a deployment, newest first
+    #[command(
+        after_help = "Examples:\n  edgefleet rollout history web\n  edgefleet rollout history web -o json"
+    )]
+    History {
+        /// The deployment's name
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RolloutStatusArgs {
+    /// The deployment's name
+    pub name: String,
+    /// Follow the rollout until it finishes (exit 0 if it succeeded, 1 otherwise)
+    #[arg(short, long, conflicts_with = "output")]
+    pub watch: bool,
+    /// Also list every node that is not healthy, with its step, state and reason
+    #[arg(long, conflicts_with = "watch")]
+    pub nodes: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// The keyword of `explain node NAME deployment DEPLOYMENT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExplainFilter {
+    #[value(alias = "deploy")]
+    Deployment,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExplainCommand {
+    /// For each deployment: whether it selects the node, what overrides what, which revision
+    /// the node should run and runs, and what holds it back
+    #[command(after_help = "\
+Examples:
+  edgefleet explain node edge-1
+  edgefleet explain node edge-1 deployment web
+  edgefleet explain node edge-1 -o json")]
+    Node {
+        /// The node's name
+        name: String,
+        /// `deployment`, followed by a deployment's name, to explain only that deployment
+        #[arg(value_enum, requires = "deployment", value_name = "deployment")]
+        filter: Option<ExplainFilter>,
+        /// The deployment's name (after the word `deployment`)
+        #[arg(requires = "filter", value_name = "DEPLOYMENT")]
+        deployment: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// A node's flight recorder, oldest first: starts, exits, crash loops, rollbacks, locks
+    #[command(after_help = "\
+Examples:
+  edgefleet events node edge-1
+  edgefleet events node edge-1 --limit 500
+  edgefleet events node edge-1 -o json        # newest first, as the API returns them")]
+    Node {
+        /// The node's name
+        name: String,
+        /// How many of the newest events
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: u32,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -475,5 +694,159 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("edgefleet").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    #[test]
+    fn apply_takes_files_or_a_plan_not_both() {
+        let command = parse(&["apply", "--plan", "plan.json"]).unwrap();
+        assert!(
+            matches!(command, Command::Apply(ref a) if a.files.is_empty() && a.plan.as_deref() == Some(std::path::Path::new("plan.json")))
+        );
+        let error = parse(&["apply", "--plan", "plan.json", "-f", "web.yaml"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let error = parse(&["apply"]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn plan_flags() {
+        let command = parse(&[
+            "plan", "-f", "a.yaml", "-f", "dir/", "--out", "p.json", "-o", "yaml",
+        ])
+        .unwrap();
+        match command {
+            Command::Plan(plan) => {
+                assert_eq!(plan.files.len(), 2);
+                assert_eq!(plan.out.as_deref(), Some(std::path::Path::new("p.json")));
+                assert_eq!(plan.output.output, OutputFormat::Yaml);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["plan", "--out", "p.json"]).is_err());
+    }
+
+    #[test]
+    fn rollout_commands() {
+        match parse(&["rollout", "status", "web", "-w"]).unwrap() {
+            Command::Rollout(RolloutCommand::Status(status)) => {
+                assert_eq!(status.name, "web");
+                assert!(status.watch && !status.nodes);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["rollout", "status", "web", "--nodes", "-o", "json"]).unwrap(),
+            Command::Rollout(RolloutCommand::Status(ref s)) if s.nodes && s.output.output == OutputFormat::Json
+        ));
+        let error = parse(&["rollout", "status", "web", "--watch", "-o", "json"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        for action in ["pause", "resume", "promote", "abort"] {
+            assert!(parse(&["rollout", action, "web"]).is_ok(), "{action}");
+            assert!(parse(&["rollout", action]).is_err(), "{action}");
+        }
+        assert!(matches!(
+            parse(&["rollout", "undo", "web", "--to-revision", "3"]).unwrap(),
+            Command::Rollout(RolloutCommand::Undo { ref name, to_revision: Some(3) }) if name == "web"
+        ));
+        assert!(matches!(
+            parse(&["rollout", "undo", "web"]).unwrap(),
+            Command::Rollout(RolloutCommand::Undo {
+                to_revision: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["rollout", "history", "web", "-o", "yaml"]).unwrap(),
+            Command::Rollout(RolloutCommand::History { ref output, .. }) if output.output == OutputFormat::Yaml
+        ));
+    }
+
+    #[test]
+    fn explain_and_events() {
+        match parse(&["explain", "node", "edge-1", "deployment", "web"]).unwrap() {
+            Command::Explain(ExplainCommand::Node {
+                name,
+                filter,
+                deployment,
+                ..
+            }) => {
+                assert_eq!(name, "edge-1");
+                assert_eq!(filter, Some(ExplainFilter::Deployment));
+                assert_eq!(deployment.as_deref(), Some("web"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["explain", "node", "edge-1"]).unwrap(),
+            Command::Explain(ExplainCommand::Node {
+                deployment: None,
+                ..
+            })
+        ));
+        assert!(parse(&["explain", "node", "edge-1", "web"]).is_err());
+        assert!(parse(&["explain", "node", "edge-1", "deployment"]).is_err());
+        assert!(matches!(
+            parse(&["events", "node", "edge-1", "--limit", "10"]).unwrap(),
+            Command::Events(EventsCommand::Node { limit: 10, .. })
+        ));
+        assert!(matches!(
+            parse(&["events", "node", "edge-1"]).unwrap(),
+            Command::Events(EventsCommand::Node { limit: 50, .. })
+        ));
+    }
+
+    #[test]
+    fn windows_can_be_listed_and_deleted() {
+        for word in ["windows", "window"] {
+            assert!(matches!(
+                parse(&["get", word]).unwrap(),
+                Command::Get(ref g) if g.kind == Kind::Windows
+            ));
+        }
+        assert!(matches!(
+            parse(&["delete", "window", "night"]).unwrap(),
+            Command::Delete(DeleteCommand::Window { ref name }) if name == "night"
+        ));
+    }
+
+    /// Every command a person can run has examples in its `--help`.
+    #[test]
+    fn every_command_has_examples() {
+        fn check(command: &clap::Command, path: &str) {
+            let path = format!("{path} {}", command.get_name());
+            if command.get_name() == "help" {
+                return;
+            }
+            let after = command
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(after.contains("Examples:"), "{path} has no examples");
+            for sub in command.get_subcommands() {
+                check(sub, &path);
+            }
+        }
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            if matches!(sub.get_name(), "server" | "agent" | "help") {
+                continue;
+            }
+            check(sub, "edgefleet");
+        }
+        let main = cli
+            .get_after_help()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        for mention in ["edgefleet plan", "edgefleet rollout", "edgefleet explain"] {
+            assert!(main.contains(mention), "{mention}");
+        }
     }
 }

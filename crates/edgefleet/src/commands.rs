@@ -7,15 +7,17 @@ use edgefleet_core::selector;
 use edgefleet_wire::api::{
     Ack, ApiTokenInfo, AuditEntry, CreateApiToken, CreateJoinToken, CreatedApiToken,
     CreatedJoinToken, DeploymentDetail, DeploymentSummary, JoinTokenInfo, NodeDetail, NodeSummary,
+    WindowInfo,
 };
 use edgefleet_wire::manifest::Selector;
+use edgefleet_wire::node::StoredNodeEvent;
 use time::OffsetDateTime;
 
 use crate::cli::{
-    ApiTokenCommand, ApplyArgs, AuditArgs, DeleteCommand, DescribeCommand, GetArgs, GlobalArgs,
-    Kind, LabelCommand, NodeCommand, TokenCommand, TokenCreateArgs,
+    ApiTokenCommand, ApplyArgs, AuditArgs, DeleteCommand, DescribeCommand, EventsCommand, GetArgs,
+    GlobalArgs, Kind, LabelCommand, NodeCommand, TokenCommand, TokenCreateArgs,
 };
-use crate::client::ApiClient;
+use crate::client::{ApiClient, ClientError};
 use crate::config::{self, CliConfig, Overrides};
 use crate::output::{self, note};
 use crate::{apply, views};
@@ -51,13 +53,11 @@ pub fn connect(global: &GlobalArgs) -> anyhow::Result<ApiClient> {
 }
 
 pub async fn apply(client: &ApiClient, args: &ApplyArgs) -> anyhow::Result<()> {
-    let response = apply::apply(client, &args.files).await?;
-    let lines: String = response
-        .results
-        .iter()
-        .map(|r| apply::result_line(r) + "\n")
-        .collect();
-    output::stdout(&lines)
+    let response = match &args.plan {
+        Some(plan) => apply::apply_plan(client, plan).await?,
+        None => apply::apply(client, &args.files).await?,
+    };
+    output::stdout(&apply::response_lines(&response))
 }
 
 fn parse_selector(input: &str) -> anyhow::Result<Selector> {
@@ -87,6 +87,13 @@ pub async fn get(client: &ApiClient, args: &GetArgs) -> anyhow::Result<()> {
             output::print(&deployments, format, || {
                 views::deployments_table(&deployments, now)
             })
+        }
+        Kind::Windows => {
+            let mut windows: Vec<WindowInfo> = client.get(&["v1", "windows"], &[]).await?;
+            if let Some(selector) = &selector {
+                windows.retain(|w| selector::matches(selector, &w.manifest.metadata.labels));
+            }
+            output::print(&windows, format, || views::windows_table(&windows))
         }
         Kind::Tokens => {
             let mut tokens: Vec<JoinTokenInfo> = client.get(&["v1", "tokens"], &[]).await?;
@@ -129,8 +136,12 @@ pub async fn describe(client: &ApiClient, command: &DescribeCommand) -> anyhow::
     match command {
         DescribeCommand::Node { name, output } => {
             let detail: NodeDetail = client.get(&["v1", "nodes", name], &[]).await?;
+            let timeline = match output.output {
+                output::OutputFormat::Table => timeline(client, name).await?,
+                _ => None,
+            };
             output::print(&detail, output.output, || {
-                views::describe_node(&detail, now)
+                views::describe_node(&detail, timeline.as_deref(), now)
             })
         }
         DescribeCommand::Deployment { name, output } => {
@@ -140,6 +151,35 @@ pub async fn describe(client: &ApiClient, command: &DescribeCommand) -> anyhow::
             })
         }
     }
+}
+
+/// The node's newest events for `describe node`; `None` from a server without the events
+/// endpoint (it answers 404 for a node that, as just fetched, exists).
+async fn timeline(client: &ApiClient, name: &str) -> anyhow::Result<Option<Vec<StoredNodeEvent>>> {
+    let limit = views::TIMELINE_EVENTS.to_string();
+    match client
+        .get(&["v1", "nodes", name, "events"], &[("limit", limit)])
+        .await
+    {
+        Ok(events) => Ok(Some(events)),
+        Err(ClientError::Api { status: 404, .. }) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub async fn events(client: &ApiClient, command: &EventsCommand) -> anyhow::Result<()> {
+    let EventsCommand::Node {
+        name,
+        limit,
+        output,
+    } = command;
+    let events: Vec<StoredNodeEvent> = client
+        .get(
+            &["v1", "nodes", name, "events"],
+            &[("limit", limit.to_string())],
+        )
+        .await?;
+    output::print(&events, output.output, || views::events_table(&events))
 }
 
 pub async fn label(client: &ApiClient, command: &LabelCommand) -> anyhow::Result<()> {
@@ -156,9 +196,16 @@ pub async fn label(client: &ApiClient, command: &LabelCommand) -> anyhow::Result
 }
 
 pub async fn delete(client: &ApiClient, command: &DeleteCommand) -> anyhow::Result<()> {
-    let DeleteCommand::Deployment { name } = command;
-    let _: Ack = client.delete(&["v1", "deployments", name]).await?;
-    output::stdout(&format!("deployment/{name} deleted\n"))
+    match command {
+        DeleteCommand::Deployment { name } => {
+            let _: Ack = client.delete(&["v1", "deployments", name]).await?;
+            output::stdout(&format!("deployment/{name} deleted\n"))
+        }
+        DeleteCommand::Window { name } => {
+            let _: Ack = client.delete(&["v1", "windows", name]).await?;
+            output::stdout(&format!("window/{name} deleted\n"))
+        }
+    }
 }
 
 pub async fn token(client: &ApiClient, command: &TokenCommand) -> anyhow::Result<()> {

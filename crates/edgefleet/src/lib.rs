@@ -3,12 +3,15 @@
 //!
 //! `main.rs` only calls [`main`]. The CLI is an IO shell: it parses flags (`cli`), finds its
 //! server (`config`), talks HTTPS JSON to `/v1` (`client`), and renders answers (`views`,
-//! `table`, `human`, `output`). Decisions about manifests, selectors and labels are the
-//! core's (`edgefleet_core`); this crate only reads files and prints.
+//! `table`, `human`, `output`). `apply`, `plan`, `rollout` and `explain` each hold one
+//! command family: its requests and the pure renderers of the answers. Decisions about
+//! manifests, selectors and labels are the core's (`edgefleet_core`); this crate only reads
+//! files and prints.
 //!
 //! Output contract: results go to stdout and stay stable for scripts; progress, hints and
-//! errors go to stderr. Errors print as `error: <message>` (an API error body's details
-//! follow, indented) and exit with code 1; usage errors exit with code 2.
+//! errors go to stderr. (`rollout status --watch` prints its progress to stdout: following
+//! the rollout is the result asked for.) Errors print as `error: <message>` (an API error
+//! body's details follow, indented) and exit with code 1; usage errors exit with code 2.
 
 #![forbid(unsafe_code)]
 
@@ -18,10 +21,13 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod explain;
 pub mod human;
 pub mod login;
 pub mod output;
+pub mod plan;
 pub mod quickstart;
+pub mod rollout;
 pub mod serve;
 pub mod shutdown;
 pub mod table;
@@ -98,11 +104,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let global = cli.global;
     match cli.command {
         Command::Server(command) => serve::run(&global, command.args).await,
-        Command::Agent(command) => edgefleet_agent::run(command.args, shutdown::requested()?).await,
+        Command::Agent(command) => match command.command {
+            Some(cli::AgentSubcommand::Lock(args)) => {
+                let text = edgefleet_agent::lock_command(&args).await?;
+                output::stdout(&text)
+            }
+            None => edgefleet_agent::run(command.args, shutdown::requested()?).await,
+        },
         Command::Quickstart(args) => quickstart::run(args).await,
         Command::Login(args) => login::run(&global, &args).await,
         Command::Version => output::stdout(&format!("edgefleet {}\n", env!("CARGO_PKG_VERSION"))),
         Command::Apply(args) => commands::apply(&commands::connect(&global)?, &args).await,
+        Command::Plan(args) => plan::run(&commands::connect(&global)?, &args).await,
+        Command::Rollout(command) => rollout::run(&commands::connect(&global)?, &command).await,
+        Command::Explain(command) => explain::run(&commands::connect(&global)?, &command).await,
+        Command::Events(command) => commands::events(&commands::connect(&global)?, &command).await,
         Command::Get(args) => commands::get(&commands::connect(&global)?, &args).await,
         Command::Describe(command) => {
             commands::describe(&commands::connect(&global)?, &command).await
@@ -122,7 +138,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 mod tests {
     use std::path::Path;
 
-    /// Every file in the workspace's examples/ is a valid manifest set.
+    /// Every file in the workspace's examples/ is a valid manifest set (deployments and
+    /// maintenance windows).
     #[test]
     fn examples_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
@@ -133,9 +150,13 @@ mod tests {
                 unreachable!()
             };
             let text = std::fs::read_to_string(path).unwrap();
-            let manifests = edgefleet_core::manifest::parse(&source.name(), &text)
+            let documents = edgefleet_core::manifest::parse_documents(&source.name(), &text)
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert!(!manifests.is_empty(), "{}", path.display());
+            assert!(
+                !documents.deployments.is_empty() || !documents.windows.is_empty(),
+                "{}",
+                path.display()
+            );
         }
     }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use edgefleet_wire::api::{CreateJoinToken, CreatedJoinToken, Health, NodeStatus, NodeSummary};
+use edgefleet_wire::rollout::{RolloutPhase, RolloutStatus};
 use time::OffsetDateTime;
 
 use crate::children::{Children, Role};
@@ -178,11 +179,18 @@ async fn start(
     wait_for(children, &client, START_TIMEOUT, "enrolled", |p| p.enrolled).await?;
 
     let applied_at = Instant::now();
-    let response = apply::send(&client, manifests).await?;
+    let request = edgefleet_wire::api::ApplyRequest {
+        deployments: manifests,
+        windows: Vec::new(),
+        plan_basis: None,
+    };
+    let response = apply::send(&client, &request).await?;
     for result in &response.results {
         note(&apply::result_line(result));
     }
     let timeout = args.timeout.as_duration();
+    let names: Vec<String> = response.results.iter().map(|r| r.name.clone()).collect();
+    wait_for_rollouts(children, &client, timeout, &names).await?;
     let nodes = wait_for(children, &client, timeout, "converged", |p| p.converged).await?;
     note(&format!(
         "converged in {:.2}s after apply",
@@ -334,6 +342,61 @@ async fn wait_for(
     }
 }
 
+/// Polls the rollouts of `deployments` until none is moving any more, printing each step.
+/// A rollout that stopped itself (a failed health gate) is an error with its reason.
+async fn wait_for_rollouts(
+    children: &mut Children,
+    client: &ApiClient,
+    timeout: Duration,
+    deployments: &[String],
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut shown: Vec<Option<String>> = vec![None; deployments.len()];
+    loop {
+        children.check()?;
+        let mut moving = 0;
+        for (name, last) in deployments.iter().zip(shown.iter_mut()) {
+            let status: RolloutStatus = client
+                .get(
+                    &["v1", "deployments", name, "rollout"],
+                    &[("nodes", "false".to_owned())],
+                )
+                .await?;
+            let line = format!(
+                "rollout of {name}: {}, step {}/{}, {}/{} nodes healthy",
+                status.phase.as_str(),
+                status.current_step,
+                status.steps.len(),
+                status.counts.healthy,
+                status.counts.nodes
+            );
+            if last.as_deref() != Some(line.as_str()) {
+                note(&line);
+                *last = Some(line);
+            }
+            match status.phase {
+                phase if phase.is_active() => moving += 1,
+                RolloutPhase::Succeeded => {}
+                phase => bail!(
+                    "the rollout of {name} {}: {}",
+                    phase.as_str(),
+                    status.abort_reason.unwrap_or_default()
+                ),
+            }
+        }
+        if moving == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "rollouts still moving after {}s; see `edgefleet rollout status NAME`",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// How to call this binary in the hints: `edgefleet` when that is what `PATH` finds.
 fn program_name(exe: &Path) -> String {
     let on_path = std::env::var_os("PATH").is_some_and(|path| {
@@ -360,6 +423,9 @@ fn next_steps(exe: &Path, dir: &Path, cli_config: &Path, exiting: bool) -> Strin
          {ef} get nodes\n  \
          {ef} get deployments\n  \
          {ef} describe node edge-1\n  \
+         {ef} rollout history base\n  \
+         {ef} explain node edge-3 deployment berlin-greeting\n  \
+         {ef} plan -f my-change.yaml            # what a change would do, before applying it\n  \
          {ef} label node edge-3 site=berlin     # edge-3 gets the Berlin greeting\n  \
          tail -f {dir}/agents/edge-1/logs/greeter/stdout.log\n\
          Logs of the server and agents: {dir}/logs/\n",

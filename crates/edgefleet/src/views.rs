@@ -1,4 +1,5 @@
-//! The human views of API bodies: the `get` tables and the `describe` texts.
+//! The human views of API bodies: the `get` and `events` tables and the `describe` texts,
+//! and the pieces other views share (`Fields`, `section`).
 //!
 //! Pure functions of the body and `now`; the commands fetch and print. Empty values show as
 //! `-` (or `<none>` for label sets) so every table cell holds one word-ish token.
@@ -7,10 +8,10 @@ use edgefleet_core::hash::short;
 use edgefleet_wire::Labels;
 use edgefleet_wire::api::{
     ApiTokenInfo, AuditEntry, Condition, Conflict, DeploymentDetail, DeploymentSummary,
-    JoinTokenInfo, NodeDetail, NodeSummary,
+    JoinTokenInfo, NodeDetail, NodeSummary, WindowInfo,
 };
-use edgefleet_wire::manifest::WorkloadSpec;
-use edgefleet_wire::node::{NodeFacts, WorkloadStatus};
+use edgefleet_wire::manifest::{WeeklyOpening, WorkloadSpec};
+use edgefleet_wire::node::{NodeFacts, StoredNodeEvent, WorkloadStatus};
 use time::OffsetDateTime;
 
 use crate::human;
@@ -28,7 +29,7 @@ pub fn labels(labels: &Labels) -> String {
         .join(",")
 }
 
-fn or_dash<T: ToString>(value: Option<T>) -> String {
+pub fn or_dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
@@ -136,26 +137,116 @@ pub fn audit_table(entries: &[AuditEntry]) -> String {
     table.render()
 }
 
+/// `mon,tue 02:00 for 2h; daily 23:00 for 30m`.
+fn schedule(openings: &[WeeklyOpening]) -> String {
+    if openings.is_empty() {
+        return "never".to_owned();
+    }
+    openings
+        .iter()
+        .map(|opening| {
+            let days = if opening.days.is_empty() {
+                "daily".to_owned()
+            } else {
+                opening.days.join(",")
+            };
+            format!("{days} {} for {}", opening.start, opening.duration)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub fn windows_table(windows: &[WindowInfo]) -> String {
+    let mut table = Table::new([
+        "NAME", "SELECTOR", "SCHEDULE", "TIMEZONE", "NODES", "OPEN-NOW",
+    ]);
+    for window in windows {
+        let spec = &window.manifest.spec;
+        let selector = edgefleet_core::selector::to_string(&spec.selector);
+        table.row([
+            window.manifest.metadata.name.clone(),
+            if selector.is_empty() {
+                "<all nodes>".to_owned()
+            } else {
+                selector
+            },
+            schedule(&spec.schedule),
+            spec.time_zone
+                .clone()
+                .unwrap_or_else(|| "node-local".to_owned()),
+            window.selected_nodes.to_string(),
+            window.open_nodes.to_string(),
+        ]);
+    }
+    table.render()
+}
+
+fn event_cells(event: &StoredNodeEvent) -> [String; 4] {
+    let event = &event.event;
+    [
+        event.kind.as_str().to_owned(),
+        or_dash(event.workload.as_deref()),
+        or_dash(event.revision.as_deref().map(short)),
+        event.message.clone(),
+    ]
+}
+
+/// `events node`: the events oldest first (the API sends them newest first).
+pub fn events_table(newest_first: &[StoredNodeEvent]) -> String {
+    let mut table = Table::new(["TIME", "KIND", "WORKLOAD", "REVISION", "MESSAGE"]);
+    for event in newest_first.iter().rev() {
+        let [kind, workload, revision, message] = event_cells(event);
+        table.row([
+            human::timestamp(event.event.at),
+            kind,
+            workload,
+            revision,
+            message,
+        ]);
+    }
+    table.render()
+}
+
+/// How many events `describe node` shows in its timeline.
+pub const TIMELINE_EVENTS: usize = 15;
+
+/// `describe node`'s `Timeline:`: the newest events, oldest of them first.
+fn timeline_section(newest_first: &[StoredNodeEvent], now: OffsetDateTime) -> String {
+    let mut table = Table::new(["AGE", "KIND", "WORKLOAD", "REVISION", "MESSAGE"]);
+    for event in newest_first.iter().take(TIMELINE_EVENTS).rev() {
+        let [kind, workload, revision, message] = event_cells(event);
+        table.row([
+            human::age(Some(event.event.at), now),
+            kind,
+            workload,
+            revision,
+            message,
+        ]);
+    }
+    section("Timeline", &table)
+}
+
 /// `Key:   value` lines with the values aligned.
-struct Fields {
+#[derive(Debug)]
+pub struct Fields {
     indent: &'static str,
     rows: Vec<(String, String)>,
 }
 
 impl Fields {
-    fn new(indent: &'static str) -> Self {
+    pub fn new(indent: &'static str) -> Self {
         Self {
             indent,
             rows: Vec::new(),
         }
     }
 
-    fn add(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+    pub fn add(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
         self.rows.push((format!("{key}:"), value.into()));
         self
     }
 
-    fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let width = self
             .rows
             .iter()
@@ -173,7 +264,7 @@ impl Fields {
 }
 
 /// A titled block: `Title:` then the indented table, or `Title: <none>` when empty.
-fn section(title: &str, table: &Table) -> String {
+pub fn section(title: &str, table: &Table) -> String {
     if table.is_empty() {
         format!("{title}: <none>\n")
     } else {
@@ -206,7 +297,13 @@ fn conditions_section(conditions: &[Condition]) -> String {
     section("Conditions", &table)
 }
 
-pub fn describe_node(detail: &NodeDetail, now: OffsetDateTime) -> String {
+/// The node's description; `timeline` holds its newest events (newest first), or `None`
+/// when the server has no events endpoint (then the section is left out).
+pub fn describe_node(
+    detail: &NodeDetail,
+    timeline: Option<&[StoredNodeEvent]>,
+    now: OffsetDateTime,
+) -> String {
     let summary = &detail.summary;
     let generation_state = if summary.applied_generation >= summary.desired_generation {
         "up to date"
@@ -250,15 +347,18 @@ pub fn describe_node(detail: &NodeDetail, now: OffsetDateTime) -> String {
         .as_ref()
         .map(|r| r.workloads.as_slice())
         .unwrap_or(&[]);
-    [
+    let mut sections = vec![
         fields.render(),
         describe_facts(&detail.facts, now),
         node_workloads_section(&detail.desired.workloads, reported, now),
         conflicts_section(&detail.conflicts),
         conditions_section(&detail.conditions),
         recent_changes_section(&detail.recent_changes, now),
-    ]
-    .join("\n")
+    ];
+    if let Some(events) = timeline {
+        sections.push(timeline_section(events, now));
+    }
+    sections.join("\n")
 }
 
 fn non_empty(value: &str) -> String {
@@ -433,8 +533,8 @@ fn recent_changes_section(entries: &[AuditEntry], now: OffsetDateTime) -> String
 
 /// `command arg 'arg with spaces'`, cut to 60 characters for tables.
 pub fn command_line(spec: &WorkloadSpec) -> String {
-    let mut words = vec![quote(&spec.command)];
-    words.extend(spec.args.iter().map(|a| quote(a)));
+    let mut words = vec![shell_word(&spec.command)];
+    words.extend(spec.args.iter().map(|a| shell_word(a)));
     let line = words.join(" ");
     match line.char_indices().nth(57) {
         Some((cut, _)) if line.chars().count() > 60 => format!("{}...", &line[..cut]),
@@ -442,7 +542,8 @@ pub fn command_line(spec: &WorkloadSpec) -> String {
     }
 }
 
-fn quote(word: &str) -> String {
+/// A word as a POSIX shell would need it: unchanged when plain, else single-quoted.
+pub fn shell_word(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .chars()
@@ -694,6 +795,103 @@ mod tests {
         );
     }
 
+    fn event(seq: u64, at: OffsetDateTime) -> StoredNodeEvent {
+        StoredNodeEvent {
+            node: "edge-1".into(),
+            event: edgefleet_wire::node::NodeEvent {
+                seq,
+                at,
+                kind: edgefleet_wire::node::NodeEventKind::WorkloadExited,
+                workload: Some("greeter".into()),
+                deployment: Some("base".into()),
+                revision: Some("abcdef0123456789".into()),
+                message: format!("event {seq}"),
+            },
+            received_at: at,
+        }
+    }
+
+    #[test]
+    fn events_oldest_first() {
+        use edgefleet_wire::node::NodeEventKind;
+        let mut started = event(1, datetime!(2025-03-01 11:00:00 UTC));
+        started.event.kind = NodeEventKind::AgentStarted;
+        started.event.workload = None;
+        started.event.deployment = None;
+        started.event.revision = None;
+        started.event.message = "agent 0.1.0 started".into();
+        let mut crashed = event(2, datetime!(2025-03-01 11:01:30 UTC));
+        crashed.event.kind = NodeEventKind::WorkloadCrashLooping;
+        crashed.event.message = "exited 3 times in 1m; next start in 8s".into();
+        // Newest first, as the API sends them.
+        let events = [crashed, started];
+        assert_eq!(
+            events_table(&events),
+            "TIME                   KIND                     WORKLOAD   REVISION       MESSAGE\n\
+             2025-03-01T11:00:00Z   agent-started            -          -              agent 0.1.0 started\n\
+             2025-03-01T11:01:30Z   workload-crash-looping   greeter    abcdef012345   exited 3 times in 1m; next start in 8s\n"
+        );
+        assert_eq!(
+            events_table(&[]),
+            "TIME   KIND   WORKLOAD   REVISION   MESSAGE\n"
+        );
+    }
+
+    #[test]
+    fn windows() {
+        use edgefleet_wire::manifest::{MaintenanceWindowManifest, MaintenanceWindowSpec};
+        let night = MaintenanceWindowManifest::new(
+            "night",
+            MaintenanceWindowSpec {
+                selector: Selector {
+                    match_labels: label_set(&[("site", "berlin")]),
+                    match_expressions: vec![],
+                },
+                schedule: vec![
+                    WeeklyOpening {
+                        days: vec!["mon".into(), "tue".into()],
+                        start: "02:00".into(),
+                        duration: "2h".parse().unwrap(),
+                    },
+                    WeeklyOpening {
+                        days: vec![],
+                        start: "23:00".into(),
+                        duration: "30m".parse().unwrap(),
+                    },
+                ],
+                time_zone: Some("Europe/Berlin".into()),
+            },
+        );
+        let everywhere = MaintenanceWindowManifest::new(
+            "weekend",
+            MaintenanceWindowSpec {
+                selector: Selector::default(),
+                schedule: vec![],
+                time_zone: None,
+            },
+        );
+        let windows = [
+            WindowInfo {
+                manifest: night,
+                selected_nodes: 20,
+                open_nodes: 0,
+                updated_at: NOW,
+            },
+            WindowInfo {
+                manifest: everywhere,
+                selected_nodes: 3,
+                open_nodes: 3,
+                updated_at: NOW,
+            },
+        ];
+        assert_eq!(
+            windows_table(&windows),
+            "NAME      SELECTOR      SCHEDULE                                    TIMEZONE        NODES   OPEN-NOW\n\
+             night     site=berlin   mon,tue 02:00 for 2h; daily 23:00 for 30m   Europe/Berlin   20      0\n\
+             weekend   <all nodes>   never                                       node-local      3       3\n"
+        );
+    }
+
     #[test]
     fn commands_are_quoted_and_cut() {
         assert_eq!(
@@ -705,7 +903,7 @@ mod tests {
         let line = command_line(&long);
         assert_eq!(line.chars().count(), 60);
         assert!(line.ends_with("..."));
-        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
     }
 
     fn node_detail() -> NodeDetail {
@@ -840,7 +1038,32 @@ Conditions:
 
 Recent changes: <none>
 ";
-        assert_eq!(describe_node(&node_detail(), NOW), expected);
+        assert_eq!(describe_node(&node_detail(), None, NOW), expected);
+        let start = datetime!(2025-03-01 11:00:00 UTC);
+        let events: Vec<StoredNodeEvent> = (0..20_u8)
+            .rev()
+            .map(|i| event(i.into(), start + time::Duration::minutes(i.into())))
+            .collect();
+        let with_timeline = describe_node(&node_detail(), Some(&events), NOW);
+        let timeline = with_timeline
+            .strip_prefix(expected)
+            .expect("the timeline comes last");
+        let lines: Vec<&str> = timeline.lines().collect();
+        assert_eq!(lines.len(), 3 + TIMELINE_EVENTS, "{timeline}");
+        assert_eq!(lines[0], "");
+        assert_eq!(lines[1], "Timeline:");
+        assert_eq!(
+            lines[3],
+            "  55m   workload-exited   greeter    abcdef012345   event 5"
+        );
+        assert_eq!(
+            lines[2 + TIMELINE_EVENTS],
+            "  41m   workload-exited   greeter    abcdef012345   event 19"
+        );
+        assert_eq!(
+            describe_node(&node_detail(), Some(&[]), NOW),
+            format!("{expected}\nTimeline: <none>\n")
+        );
     }
 
     #[test]
