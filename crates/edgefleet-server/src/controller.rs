@@ -16,7 +16,7 @@
 mod desired;
 mod observe;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -31,7 +31,9 @@ use edgefleet_wire::rollout::RolloutPhase;
 use tokio::sync::{Notify, watch};
 
 pub use desired::{Fleet, Recomputed, RevisionSpecs, deployment_refs, desired_updates};
-pub use observe::{Windows, observe, window_gate};
+pub use observe::{RolloutView, Windows, observe, window_gate};
+
+use edgefleet_core::hash::workload_hash;
 
 use crate::store::{
     AppliedDeployment, ApplyItem, DeploymentRecord, NewAudit, NodeRecord, Store, StoreError,
@@ -485,21 +487,27 @@ impl Controller {
         let mut to_save = Vec::new();
         let mut audits = Vec::new();
         let mut recompute = false;
-        for rollout in state.rollouts.values_mut().filter(|r| !r.is_complete()) {
+        let ControllerState { rollouts, specs } = &mut *state;
+        for rollout in rollouts.values_mut().filter(|r| !r.is_complete()) {
             let phase_before = rollout.phase;
             let deployment = rollout.deployment.clone();
             let to_revision = rollout.to_revision.clone();
+            let previous_specs: HashSet<String> = rollout
+                .from_revision
+                .iter()
+                .chain(rollout.held.values())
+                .filter_map(|hash| specs.get(&(deployment.clone(), hash.clone())))
+                .flat_map(|spec| spec.workloads.iter().map(workload_hash))
+                .collect();
+            let view = RolloutView {
+                deployment: &deployment,
+                to_revision: &to_revision,
+                previous_specs: &previous_specs,
+            };
             let observe_node = |name: &str| {
-                by_name.get(name).and_then(|node| {
-                    observe(
-                        node,
-                        &deployment,
-                        &to_revision,
-                        &windows,
-                        now,
-                        self.not_ready_after,
-                    )
-                })
+                by_name
+                    .get(name)
+                    .and_then(|node| observe(node, &view, &windows, now, self.not_ready_after))
             };
             let outcome = rollout.step(now, &observe_node);
             if outcome.changed {

@@ -1,7 +1,7 @@
 //! What a rollout sees of a node: turns a stored node record into the core's
 //! `NodeObservation` for one deployment. Pure; `now` is an argument.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use edgefleet_core::lifecycle::node_status;
@@ -35,15 +35,29 @@ pub fn window_gate(windows: &Windows, node: &NodeRecord, now: Timestamp) -> Wind
     }
 }
 
-/// The node as the rollout of `deployment` to `to_revision` sees it.
+/// What a rollout compares node reports with.
+pub struct RolloutView<'a> {
+    pub deployment: &'a str,
+    pub to_revision: &'a str,
+    /// Hashes of the workload specs of the revision before. A workload whose spec did not
+    /// change keeps its restart count from before the update, so only restarts of new
+    /// specs (whose count starts at zero when the agent replaces them) count against it.
+    pub previous_specs: &'a HashSet<String>,
+}
+
+/// The node as the rollout `view` sees it.
 pub fn observe(
     node: &NodeRecord,
-    deployment: &str,
-    to_revision: &str,
+    view: &RolloutView<'_>,
     windows: &Windows,
     now: Timestamp,
     not_ready_after: Duration,
 ) -> Option<NodeObservation> {
+    let RolloutView {
+        deployment,
+        to_revision,
+        previous_specs,
+    } = *view;
     if node.revoked {
         return None;
     }
@@ -79,6 +93,21 @@ pub fn observe(
                 .message
                 .as_deref()
                 .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ))
+    } else if let Some(restarted) = reported
+        .iter()
+        .find(|w| w.restarts > 0 && !previous_specs.contains(&w.spec_hash))
+    {
+        // A new spec that exited since the agent started it: an instant crash is caught
+        // here before the crash loop is declared (which takes several restarts).
+        Health::Unhealthy(format!(
+            "workload {} restarted {} times since the update{}",
+            restarted.name,
+            restarted.restarts,
+            restarted
+                .last_exit_code
+                .map(|code| format!(" (last exit code {code})"))
                 .unwrap_or_default()
         ))
     } else if reported.iter().all(|w| is_up(w)) {

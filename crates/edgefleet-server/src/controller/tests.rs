@@ -362,3 +362,103 @@ mod rollouts {
         assert!(h.commands().await.iter().all(|(_, c)| c == "/bin/good"));
     }
 }
+
+mod observations {
+    use super::*;
+    use edgefleet_core::rollout::Health;
+    use edgefleet_wire::api::DesiredWorkload;
+    use edgefleet_wire::node::{ReportedState, WorkloadState, WorkloadStatus};
+    use std::collections::HashSet;
+
+    fn desired(command: &str) -> DesiredWorkload {
+        let spec = WorkloadSpec::process("app", command);
+        DesiredWorkload {
+            deployment: "web".into(),
+            revision: "r2".into(),
+            spec_hash: edgefleet_core::hash::workload_hash(&spec),
+            spec,
+            rolled_back: false,
+        }
+    }
+
+    fn reporting(restarts: u32, state: WorkloadState) -> NodeRecord {
+        let now = time::OffsetDateTime::UNIX_EPOCH;
+        let mut record = node("n0", "");
+        record.last_seen = Some(now);
+        record.desired_workloads = vec![desired("/bin/new")];
+        record.desired_generation = 2;
+        record.applied_generation = 2;
+        let want = &record.desired_workloads[0];
+        record.reported = Some(ReportedState {
+            node: "n0".into(),
+            applied_generation: 2,
+            workloads: vec![WorkloadStatus {
+                name: "app".into(),
+                deployment: "web".into(),
+                revision: "r2".into(),
+                spec_hash: want.spec_hash.clone(),
+                state,
+                pid: Some(7),
+                restarts,
+                last_exit_code: Some(3),
+                started_at: None,
+                message: None,
+            }],
+            agent_version: String::new(),
+            certificate_not_after: None,
+            locks: vec![],
+        });
+        record
+    }
+
+    fn health(node: &NodeRecord, previous: &HashSet<String>) -> (bool, Health) {
+        let view = RolloutView {
+            deployment: "web",
+            to_revision: "r2",
+            previous_specs: previous,
+        };
+        let observation = observe(
+            node,
+            &view,
+            &Vec::new(),
+            time::OffsetDateTime::UNIX_EPOCH,
+            Duration::from_secs(45),
+        )
+        .unwrap();
+        (observation.updated, observation.health)
+    }
+
+    #[test]
+    fn a_new_spec_that_restarted_is_unhealthy_an_old_one_is_not() {
+        let none = HashSet::new();
+        assert_eq!(
+            health(&reporting(0, WorkloadState::Running), &none),
+            (true, Health::Healthy)
+        );
+        assert_eq!(
+            health(&reporting(1, WorkloadState::Running), &none),
+            (
+                true,
+                Health::Unhealthy(
+                    "workload app restarted 1 times since the update (last exit code 3)".into()
+                )
+            )
+        );
+        // The same spec ran before the update: its old restarts do not count.
+        let node = reporting(4, WorkloadState::Running);
+        let previous: HashSet<String> = [node.desired_workloads[0].spec_hash.clone()].into();
+        assert_eq!(health(&node, &previous), (true, Health::Healthy));
+        assert!(matches!(
+            health(&reporting(0, WorkloadState::CrashLooping), &none).1,
+            Health::Unhealthy(_)
+        ));
+        assert_eq!(
+            health(&reporting(0, WorkloadState::Pending), &none).1,
+            Health::Progressing
+        );
+        // Reported at an older generation: not updated yet.
+        let mut stale = reporting(0, WorkloadState::Running);
+        stale.applied_generation = 1;
+        assert!(!health(&stale, &none).0);
+    }
+}
