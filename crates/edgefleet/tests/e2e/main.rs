@@ -8,6 +8,8 @@
 mod bad_input;
 mod deploy;
 mod offline;
+mod plan;
+mod rollouts;
 mod security;
 
 use std::path::{Path, PathBuf};
@@ -83,4 +85,39 @@ pub fn reported_pid(detail: &serde_json::Value, workload: &str) -> u64 {
     edgefleet_testkit::workload(detail, workload)
         .and_then(|w| w["pid"].as_u64())
         .unwrap_or_else(|| panic!("no pid for {workload} in {detail:#}"))
+}
+
+/// Appends a `spec.rollout` block to a manifest from [`manifest`]: `strategy` holds one
+/// `key: value` line per field (`"batchSize: 1\nbakeTime: 3s"`).
+pub fn with_rollout(manifest: String, strategy: &str) -> String {
+    let mut text = manifest;
+    text.push_str("  rollout:\n");
+    for line in strategy.lines() {
+        text.push_str(&format!("    {line}\n"));
+    }
+    text
+}
+
+/// `GET /v1/nodes/NAME` as JSON.
+pub async fn node_detail(fleet: &Fleet, node: &str) -> serde_json::Value {
+    fleet
+        .api()
+        .get_json(&format!("/v1/nodes/{node}"))
+        .await
+        .unwrap_or_else(|e| panic!("GET /v1/nodes/{node}: {e}"))
+}
+
+/// Runs the CLI expecting it to fail; returns its exit code and stdout + stderr.
+pub fn cli_fails(fleet: &Fleet, args: &[&str]) -> (Option<i32>, String) {
+    let out = fleet.cli(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "edgefleet {args:?} succeeded, expected a failure:\n{text}"
+    );
+    (out.status.code(), text)
 }
