@@ -50,7 +50,20 @@ pub fn basis(
             n_nodes += 1;
         }
     }
+    let node_labels = nodes
+        .iter()
+        .filter(|n| !n.revoked)
+        .map(|n| {
+            let labels = serde_json::to_string(&n.labels).unwrap_or_default();
+            let hash = sha256_hex(labels.as_bytes());
+            (
+                n.name.clone(),
+                edgefleet_core::hash::short(&hash).to_owned(),
+            )
+        })
+        .collect();
     PlanBasis {
+        node_labels,
         deployments: deployments
             .iter()
             .map(|d| (d.name.clone(), d.revision.clone()))
@@ -90,10 +103,34 @@ pub fn basis_differences(planned: &PlanBasis, current: &PlanBasis) -> Vec<String
         |_, _| "was changed".to_owned(),
     );
     if planned.nodes_fingerprint != current.nodes_fingerprint {
-        differences.push(format!(
-            "the fleet changed: nodes were enrolled, revoked or relabelled ({} nodes when planned, {} now)",
-            planned.n_nodes, current.n_nodes
-        ));
+        let mut nodes = Vec::new();
+        compare_maps(
+            "node",
+            &planned.node_labels,
+            &current.node_labels,
+            &mut nodes,
+            |_, _| "was relabelled".to_owned(),
+        );
+        let nodes = nodes
+            .into_iter()
+            .map(|line| {
+                line.replace(" was deleted", " was revoked")
+                    .replace(" was created", " was enrolled")
+            })
+            .collect::<Vec<_>>();
+        const SHOWN: usize = 10;
+        if nodes.is_empty() {
+            // A plan from before per-node hashes, or a revocation flag alone.
+            differences.push(format!(
+                "the fleet changed: nodes were enrolled, revoked or relabelled ({} nodes when planned, {} now)",
+                planned.n_nodes, current.n_nodes
+            ));
+        }
+        let more = nodes.len().saturating_sub(SHOWN);
+        differences.extend(nodes.into_iter().take(SHOWN));
+        if more > 0 {
+            differences.push(format!("and {more} more nodes changed"));
+        }
     }
     differences
 }

@@ -31,6 +31,10 @@ pub struct PlanBasis {
     /// A hash over every node's name, labels and revocation.
     pub nodes_fingerprint: String,
     pub n_nodes: u32,
+    /// Per (unrevoked) node, a short hash of its labels, so a refusal can name the nodes
+    /// that were enrolled, revoked or relabelled since.
+    #[serde(default)]
+    pub node_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

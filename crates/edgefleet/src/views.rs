@@ -610,7 +610,8 @@ pub fn describe_deployment(detail: &DeploymentDetail, now: OffsetDateTime) -> St
     }
     let mut revisions = Table::new(["NUMBER", "REVISION", "CREATED", "BY"]);
     for info in &detail.revisions {
-        let marker = if info.revision == summary.revision {
+        // By number: `rollout undo` makes a new revision with an old one's content hash.
+        let marker = if info.number == summary.revision_count {
             " (current)"
         } else {
             ""

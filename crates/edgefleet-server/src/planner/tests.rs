@@ -9,7 +9,30 @@ fn basis_of(deployments: &[(&str, &str)], fingerprint: &str, n_nodes: u32) -> Pl
         windows: BTreeMap::new(),
         nodes_fingerprint: fingerprint.to_owned(),
         n_nodes,
+        node_labels: BTreeMap::new(),
     }
+}
+
+#[test]
+fn basis_differences_name_the_nodes_that_changed() {
+    let mut planned = basis_of(&[], "f1", 2);
+    planned.node_labels = [("a", "h1"), ("b", "h2")]
+        .into_iter()
+        .map(|(n, h)| (n.to_owned(), h.to_owned()))
+        .collect();
+    let mut current = basis_of(&[], "f2", 2);
+    current.node_labels = [("a", "h9"), ("c", "h3")]
+        .into_iter()
+        .map(|(n, h)| (n.to_owned(), h.to_owned()))
+        .collect();
+    assert_eq!(
+        basis_differences(&planned, &current),
+        vec![
+            "node a was relabelled".to_owned(),
+            "node b was revoked".to_owned(),
+            "node c was enrolled".to_owned(),
+        ]
+    );
 }
 
 #[test]

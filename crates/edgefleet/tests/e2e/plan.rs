@@ -188,7 +188,7 @@ async fn apply_plan_changes_exactly_the_planned_nodes_and_refuses_stale_plans() 
     fleet.cli_ok(&["label", "node", "edge-3", "rack=r9"]);
     let (_, text) = cli_fails(&fleet, &["apply", "--plan", fresh_plan]);
     assert!(text.contains("nothing was applied"), "{text}");
-    assert!(text.contains("relabelled"), "{text}");
+    assert!(text.contains("node edge-3 was relabelled"), "{text}");
     assert_eq!(
         revisions(&fleet).await,
         revisions_applied,
