@@ -354,10 +354,18 @@ impl Rollout {
         }
     }
 
-    /// Whether every target has been released (nothing left to do even after success).
+    /// Whether there is nothing left to watch: stopped, or succeeded with every target
+    /// released and known healthy or failed. A succeeded rollout with deferred nodes (or
+    /// released nodes that have not reported the update yet) still needs steps.
     pub fn is_complete(&self) -> bool {
         match self.phase {
-            RolloutPhase::Succeeded => self.nodes.values().all(|n| n.released_at.is_some()),
+            RolloutPhase::Succeeded => self.nodes.values().all(|n| {
+                n.released_at.is_some()
+                    && matches!(
+                        n.state,
+                        RolloutNodeState::Healthy | RolloutNodeState::Failed
+                    )
+            }),
             RolloutPhase::Progressing | RolloutPhase::Baking | RolloutPhase::AwaitingPromotion => {
                 false
             }

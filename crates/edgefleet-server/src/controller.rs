@@ -44,6 +44,9 @@ use crate::store::{
 /// progress deadlines and nodes going NotReady need time to pass, not events).
 pub const ROLLOUT_TICK: Duration = Duration::from_secs(1);
 
+/// How often a succeeded rollout that still waits for deferred nodes is stepped.
+pub const TAIL_INTERVAL: Duration = Duration::from_secs(5);
+
 pub struct Controller {
     store: Arc<dyn Store>,
     not_ready_after: Duration,
@@ -53,6 +56,8 @@ pub struct Controller {
     dirty: AtomicBool,
     /// Something a rollout watches changed (a status report); step soon.
     poke: Notify,
+    /// When rollouts that only wait for deferred nodes were last stepped.
+    last_tail_pass: Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Default)]
@@ -98,6 +103,7 @@ impl Controller {
             wakeups: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
             poke: Notify::new(),
+            last_tail_pass: Mutex::new(None),
         }
     }
 
@@ -479,6 +485,23 @@ impl Controller {
         let mut state = self.state.lock().await;
         if state.rollouts.values().all(Rollout::is_complete) {
             return Ok(());
+        }
+        // Rollouts that succeeded and only wait for deferred nodes (offline, windows,
+        // locks) are looked at less often: on a big fleet a pass reads every node.
+        let only_tails = state
+            .rollouts
+            .values()
+            .filter(|r| !r.is_complete())
+            .all(|r| r.phase == RolloutPhase::Succeeded);
+        {
+            let mut last = self
+                .last_tail_pass
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if only_tails && last.is_some_and(|at| at.elapsed() < TAIL_INTERVAL) {
+                return Ok(());
+            }
+            *last = only_tails.then(std::time::Instant::now);
         }
         let nodes = self.store.list_nodes().await?;
         let windows = self.compiled_windows().await?;
