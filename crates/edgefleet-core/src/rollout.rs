@@ -217,12 +217,18 @@ pub enum CommandError {
     },
 }
 
-/// What a call to `step` changed, for the shell: persist when `changed`, recompute
-/// desired states when `assignments_changed`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a call to `step` changed, for the shell: persist when `changed`, recompute the
+/// desired states of `reassigned` (the nodes whose assignment changed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepOutcome {
     pub changed: bool,
-    pub assignments_changed: bool,
+    pub reassigned: Vec<String>,
+}
+
+impl StepOutcome {
+    pub fn assignments_changed(&self) -> bool {
+        !self.reassigned.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -500,7 +506,6 @@ impl Rollout {
         observe: &dyn Fn(&str) -> Option<NodeObservation>,
     ) -> StepOutcome {
         let before = self.clone();
-        let released_before = self.n_released();
         let phase_before = self.phase;
         if self.phase.is_active() || self.phase == RolloutPhase::Succeeded {
             // Bounded: each pass either advances a step or stops.
@@ -512,23 +517,28 @@ impl Rollout {
                 }
             }
         }
-        let assignments_changed = self.n_released() != released_before
-            || (self.phase != phase_before && self.phase == RolloutPhase::RolledBack);
+        let rolled_back_now = self.phase != phase_before && self.phase == RolloutPhase::RolledBack;
+        let reassigned = self
+            .nodes
+            .iter()
+            .filter(|(node, progress)| {
+                let released = progress.released_at.is_some();
+                let was_released = before
+                    .nodes
+                    .get(*node)
+                    .is_some_and(|p| p.released_at.is_some());
+                released && (rolled_back_now || !was_released)
+            })
+            .map(|(node, _)| node.clone())
+            .collect();
         let changed = *self != before;
         if changed {
             self.updated_at = now;
         }
         StepOutcome {
             changed,
-            assignments_changed,
+            reassigned,
         }
-    }
-
-    fn n_released(&self) -> usize {
-        self.nodes
-            .values()
-            .filter(|n| n.released_at.is_some())
-            .count()
     }
 
     /// The last step index whose nodes may be released.

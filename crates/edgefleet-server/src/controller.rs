@@ -189,14 +189,6 @@ impl Controller {
         self.recompute_locked(&mut state).await
     }
 
-    /// Recompute after a change that is already committed: a failure must not fail the
-    /// request (the change happened), so it is logged and retried in the background.
-    pub async fn recompute_logged(&self) {
-        if let Err(error) = self.recompute().await {
-            tracing::error!(%error, "recomputing desired state failed; retrying in the background");
-        }
-    }
-
     /// Retries a failed recompute; called periodically by the server.
     pub async fn resync_if_dirty(&self) {
         if self.dirty.swap(false, Ordering::Relaxed) {
@@ -216,15 +208,37 @@ impl Controller {
     }
 
     async fn recompute_inner(&self, state: &mut ControllerState) -> StoreResult<Recomputed> {
-        let deployments = self.store.list_deployments().await?;
         let nodes = self.store.list_nodes().await?;
+        self.recompute_for(state, &nodes).await
+    }
+
+    /// Recomputes the desired state of one node (just enrolled or relabelled): nothing
+    /// else depends on it, so a big fleet does not pay for every enrollment.
+    pub async fn recompute_node(&self, name: &str) -> StoreResult<()> {
+        let mut state = self.state.lock().await;
+        let nodes: Vec<NodeRecord> = self.store.get_node(name).await?.into_iter().collect();
+        if let Err(error) = self.recompute_for(&mut state, &nodes).await {
+            self.dirty.store(true, Ordering::Relaxed);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Recomputes and stores the desired states of `nodes` (current records) only. The
+    /// `selected` counts of the result cover only these nodes.
+    async fn recompute_for(
+        &self,
+        state: &mut ControllerState,
+        nodes: &[NodeRecord],
+    ) -> StoreResult<Recomputed> {
+        let deployments = self.store.list_deployments().await?;
         self.load_specs(state).await?;
         let fleet = Fleet {
             deployments: &deployments,
             rollouts: &state.rollouts,
             specs: &state.specs,
         };
-        let (updates, recomputed) = desired_updates(&nodes, &fleet);
+        let (updates, recomputed) = desired_updates(nodes, &fleet);
         let n_updates = updates.len();
         self.store.set_desired_states(updates).await?;
         for (node, generation) in &recomputed.changed {
@@ -509,7 +523,8 @@ impl Controller {
             nodes.iter().map(|n| (n.name.as_str(), n)).collect();
         let mut to_save = Vec::new();
         let mut audits = Vec::new();
-        let mut recompute = false;
+        let mut reassigned: HashSet<String> = HashSet::new();
+        let mut recompute_all = false;
         let ControllerState { rollouts, specs } = &mut *state;
         for rollout in rollouts.values_mut().filter(|r| !r.is_complete()) {
             let phase_before = rollout.phase;
@@ -536,8 +551,11 @@ impl Controller {
             if outcome.changed {
                 to_save.push(rollout.clone());
             }
-            recompute |= outcome.assignments_changed;
+            reassigned.extend(outcome.reassigned);
             if rollout.phase != phase_before && !rollout.phase.is_active() {
+                // Nodes outside the rollout (enrolled since it started) switch revision
+                // when it succeeds: every node may change.
+                recompute_all = true;
                 audits.push(finished_audit(rollout, now));
             }
         }
@@ -548,8 +566,17 @@ impl Controller {
             tracing::info!(object = %audit.object, detail = %audit.detail, "rollout finished");
             self.store.record_audit(audit).await?;
         }
-        if recompute {
+        if recompute_all {
             self.recompute_locked(&mut state).await?;
+        } else if !reassigned.is_empty() {
+            let affected: Vec<NodeRecord> = nodes
+                .into_iter()
+                .filter(|n| reassigned.contains(&n.name))
+                .collect();
+            if let Err(error) = self.recompute_for(&mut state, &affected).await {
+                self.dirty.store(true, Ordering::Relaxed);
+                return Err(error);
+            }
         }
         Ok(())
     }

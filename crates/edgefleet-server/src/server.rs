@@ -144,9 +144,12 @@ impl Server {
         tracing::info!(url = %url, local_addr = ?listener.local_addr().ok(), "serving");
         let resync = tokio::spawn(resync_loop(state.clone()));
         let rollouts = tokio::spawn(rollout_loop(state.clone()));
+        let presence = tokio::spawn(presence_loop(state.clone()));
         crate::serve::serve(listener, acceptor, router(state), stopping, shutdown).await;
         resync.abort();
         rollouts.abort();
+        // It flushes once more when it sees the shutdown, then ends.
+        let _ = presence.await;
         tracing::info!("server stopped");
         Ok(())
     }
@@ -183,6 +186,23 @@ async fn resync_loop(state: AppState) {
         tokio::select! {
             () = &mut stopping => return,
             () = tokio::time::sleep(RESYNC_INTERVAL) => state.controller.resync_if_dirty().await,
+        }
+    }
+}
+
+/// Writes buffered heartbeats and last-seen times every second, and once more at shutdown.
+async fn presence_loop(state: AppState) {
+    let mut stopping = std::pin::pin!(crate::state::stopping(state.shutdown.clone()));
+    loop {
+        let stop = tokio::select! {
+            () = &mut stopping => true,
+            () = tokio::time::sleep(crate::state::PRESENCE_FLUSH_INTERVAL) => false,
+        };
+        if let Err(error) = state.store.flush_presence().await {
+            tracing::warn!(%error, "writing heartbeats failed; retrying");
+        }
+        if stop {
+            return;
         }
     }
 }

@@ -1,20 +1,19 @@
 //! What every handler shares: the store, the CA, the controller, the settings, and the
 //! shutdown signal that ends long polls.
 
-use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use edgefleet_tls::Ca;
 use edgefleet_wire::Timestamp;
 use tokio::sync::watch;
 
 use crate::controller::Controller;
-use crate::store::{Store, StoreResult};
+use crate::store::{Presence, Store, StoreResult};
 
-/// `last_seen` is written at most this often per node by ordinary agent requests.
-const LAST_SEEN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often buffered presence (heartbeats, last seen) is written to the store.
+pub const PRESENCE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
@@ -30,7 +29,6 @@ pub struct Shared {
     pub controller: Controller,
     /// Becomes true when the server shuts down; long polls end on it.
     pub shutdown: watch::Receiver<bool>,
-    last_seen_writes: Mutex<HashMap<String, Instant>>,
 }
 
 pub struct Settings {
@@ -58,47 +56,29 @@ impl AppState {
             not_ready_after: settings.not_ready_after,
             max_body_bytes: settings.max_body_bytes,
             shutdown,
-            last_seen_writes: Mutex::new(HashMap::new()),
         }))
     }
 
-    /// Records that the node was heard from, unless that was written less than a second
-    /// ago: a busy agent must not turn into a stream of database writes.
+    /// Notes that the node was heard from (the store buffers it; see `Store::record_presence`).
     pub async fn touch_node(&self, name: &str) -> StoreResult<()> {
-        if !self.claim_last_seen_write(name) {
-            return Ok(());
-        }
-        self.store.touch_node(name, now()).await
+        self.store
+            .record_presence(Presence {
+                node: name.to_owned(),
+                last_seen: now(),
+                applied_generation: None,
+            })
+            .await
     }
 
-    /// Notes a `last_seen` write done elsewhere (heartbeat, status), restarting the interval.
-    pub fn wrote_last_seen(&self, name: &str) {
-        self.last_seen_map().insert(name.to_owned(), Instant::now());
-    }
-
-    /// Forgets the node's throttle entry (revoked nodes stop writing).
-    pub fn forget_node(&self, name: &str) {
-        self.last_seen_map().remove(name);
-    }
-
-    fn claim_last_seen_write(&self, name: &str) -> bool {
-        let now = Instant::now();
-        let mut map = self.last_seen_map();
-        match map.get(name) {
-            Some(last) if now.duration_since(*last) < LAST_SEEN_WRITE_INTERVAL => false,
-            _ => {
-                map.insert(name.to_owned(), now);
-                true
-            }
-        }
-    }
-
-    fn last_seen_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        // The map only rate-limits writes; whatever a panicking holder left in it is fine.
-        self.0
-            .last_seen_writes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Notes a heartbeat: alive, and the generation the node has applied.
+    pub async fn heartbeat(&self, name: &str, applied_generation: u64) -> StoreResult<()> {
+        self.store
+            .record_presence(Presence {
+                node: name.to_owned(),
+                last_seen: now(),
+                applied_generation: Some(applied_generation),
+            })
+            .await
     }
 }
 

@@ -639,7 +639,8 @@ fn a_new_deployment_reaches_nodes_only_when_released() {
         })
     };
     let outcome = rollout.step(t0(), &observe);
-    assert!(outcome.assignments_changed && outcome.changed);
+    assert!(outcome.changed);
+    assert_eq!(outcome.reassigned, vec!["n0".to_owned()]);
     assert_eq!(
         rollout.assignment("n0"),
         Assignment::Revision {

@@ -202,7 +202,14 @@ mod rollouts {
                     })
                     .await
                     .unwrap();
-                store.touch_node(&name, T0).await.unwrap();
+                store
+                    .record_presence(crate::store::Presence {
+                        node: name.clone(),
+                        last_seen: T0,
+                        applied_generation: None,
+                    })
+                    .await
+                    .unwrap();
             }
             let controller = Controller::new(store.clone(), Duration::from_secs(45));
             controller.load(T0).await.unwrap();

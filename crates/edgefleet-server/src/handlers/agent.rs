@@ -142,7 +142,9 @@ pub async fn enroll(
         }
     }
     tracing::info!(node = %name, serial = %cert.serial, "node enrolled");
-    state.controller.recompute_logged().await;
+    if let Err(error) = state.controller.recompute_node(name).await {
+        tracing::error!(%error, node = %name, "computing the desired state of a new node failed; retrying in the background");
+    }
     Ok(Json(EnrollResponse {
         node: name.to_owned(),
         certificate_pem,
@@ -273,7 +275,6 @@ pub async fn status(
         .store
         .set_node_reported(&caller.name, report, now())
         .await?;
-    state.wrote_last_seen(&caller.name);
     // Rollouts gate on what nodes report; let them look now rather than at the next tick.
     state.controller.poke();
     Ok(ack())
@@ -297,7 +298,6 @@ pub async fn events(
         .store
         .insert_node_events(&caller.name, batch.events, now())
         .await?;
-    state.wrote_last_seen(&caller.name);
     Ok(Json(EventsAck { stored_through }))
 }
 
@@ -310,7 +310,6 @@ pub async fn facts(
         .store
         .set_node_facts(&caller.name, facts, now())
         .await?;
-    state.wrote_last_seen(&caller.name);
     Ok(ack())
 }
 
@@ -320,9 +319,7 @@ pub async fn heartbeat(
     ApiJson(heartbeat): ApiJson<Heartbeat>,
 ) -> ApiResult<Json<Ack>> {
     state
-        .store
-        .record_heartbeat(&caller.name, heartbeat.applied_generation, now())
+        .heartbeat(&caller.name, heartbeat.applied_generation)
         .await?;
-    state.wrote_last_seen(&caller.name);
     Ok(ack())
 }

@@ -140,7 +140,9 @@ pub async fn change_labels(
         .change_node_labels(&name, change, audit)
         .await?
         .ok_or_else(|| node_not_found(&name))?;
-    state.controller.recompute_logged().await;
+    if let Err(error) = state.controller.recompute_node(&name).await {
+        tracing::error!(%error, node = %name, "recomputing desired state failed; retrying in the background");
+    }
     // Re-read: the recompute may have given the node a new desired generation.
     let node = state.store.get_node(&name).await?.unwrap_or(node);
     Ok(Json(node_summary(&node, at, state.not_ready_after)))
@@ -164,7 +166,6 @@ pub async fn revoke(
         .revoke_node(&name, audit)
         .await?
         .ok_or_else(|| node_not_found(&name))?;
-    state.forget_node(&name);
     // Ends the node's open long poll, which re-reads the node and answers 403.
     state.controller.notify(&name);
     tracing::info!(node = %name, actor = %caller.actor(), "node revoked");

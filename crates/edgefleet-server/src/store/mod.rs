@@ -86,6 +86,15 @@ pub enum EnrollOutcome {
     TokenUnusable,
 }
 
+/// That a node was heard from, buffered by the server and written in batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub node: String,
+    pub last_seen: Timestamp,
+    /// From a heartbeat; other requests only prove the node is alive.
+    pub applied_generation: Option<u64>,
+}
+
 /// A newly computed desired state for one node, written by the controller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredUpdate {
@@ -250,13 +259,13 @@ pub trait Store: Send + Sync {
         change: LabelChange,
         audit: NewAudit,
     ) -> StoreResult<Option<NodeRecord>>;
-    async fn touch_node(&self, name: &str, at: Timestamp) -> StoreResult<()>;
-    async fn record_heartbeat(
-        &self,
-        name: &str,
-        applied_generation: u64,
-        at: Timestamp,
-    ) -> StoreResult<()>;
+    /// Notes presence (last seen, and the applied generation a heartbeat carried). It may
+    /// be buffered in memory until `flush_presence`: ten thousand nodes heartbeating must
+    /// not be ten thousand transactions. Reads (`get_node`, `list_nodes`) see it at once;
+    /// a crash loses at most what was not flushed, which only ages `last_seen`.
+    async fn record_presence(&self, update: Presence) -> StoreResult<()>;
+    /// Writes buffered presence, in one transaction. Unknown nodes are skipped.
+    async fn flush_presence(&self) -> StoreResult<()>;
     async fn set_node_reported(
         &self,
         name: &str,

@@ -8,6 +8,7 @@
 //! Times are stored as Unix nanoseconds (`INTEGER`), structured values (labels, facts,
 //! reported and desired state) as JSON text.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,7 +27,7 @@ use edgefleet_wire::node::{NodeEvent, StoredNodeEvent};
 
 use super::{
     ApiTokenRecord, AppliedDeployment, ApplyItem, CertRecord, CreateOutcome, DeploymentRecord,
-    DesiredUpdate, EnrollOutcome, Enrollment, JoinTokenRecord, NewAudit, NodeRecord,
+    DesiredUpdate, EnrollOutcome, Enrollment, JoinTokenRecord, NewAudit, NodeRecord, Presence,
     RevisionRecord, RevokeApiTokenOutcome, Store, StoreError, StoreResult, WindowRecord,
     apply_audit_detail,
 };
@@ -142,6 +143,9 @@ pub async fn open_in(data_dir: &Path) -> StoreResult<SqliteStore> {
 
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
+    /// Presence (heartbeats, last seen) not written yet, by node: written in one
+    /// transaction by `flush_presence`, and laid over what reads return.
+    presence: Mutex<HashMap<String, Presence>>,
 }
 
 impl SqliteStore {
@@ -153,7 +157,18 @@ impl SqliteStore {
             .map_err(|e| backend("opening the database", e))??;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
+            presence: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn pending_presence(&self) -> std::sync::MutexGuard<'_, HashMap<String, Presence>> {
+        // Only timestamps and generations live here; a poisoned map is still valid.
+        self.presence.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with_presence(&self, mut node: NodeRecord) -> NodeRecord {
+        overlay(&mut node, &self.pending_presence());
+        node
     }
 
     /// Runs `f` on the connection on a blocking thread.
@@ -502,6 +517,54 @@ fn change_labels(
 }
 
 /// Runs one `UPDATE nodes ... WHERE name = ?1` outside a transaction.
+fn write_presence(connection: &mut Connection, updates: &[Presence]) -> StoreResult<()> {
+    let tx = write_tx(connection)?;
+    {
+        let mut seen = tx
+            .prepare_cached(
+                "UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?2) WHERE name = ?1",
+            )
+            .map_err(db("recording presence"))?;
+        let mut heartbeat = tx
+            .prepare_cached(
+                // MAX: a status report written while this batch was buffered may carry
+                // a newer generation; generations never go backwards.
+                "UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?2), \
+                 applied_generation = MAX(applied_generation, ?3) WHERE name = ?1",
+            )
+            .map_err(db("recording a heartbeat"))?;
+        for update in updates {
+            let at = time_to_db(update.last_seen);
+            match update.applied_generation {
+                Some(generation) => {
+                    let generation = u64_to_db("applied generation", generation)?;
+                    heartbeat
+                        .execute(params![update.node, at, generation])
+                        .map_err(db("recording a heartbeat"))?;
+                }
+                None => {
+                    seen.execute(params![update.node, at])
+                        .map_err(db("recording presence"))?;
+                }
+            }
+        }
+    }
+    commit(tx)
+}
+
+/// Applies presence not written yet to a record read from the database.
+fn overlay(node: &mut NodeRecord, pending: &HashMap<String, Presence>) {
+    if let Some(presence) = pending.get(&node.name) {
+        node.last_seen = Some(
+            node.last_seen
+                .map_or(presence.last_seen, |seen| seen.max(presence.last_seen)),
+        );
+        if let Some(generation) = presence.applied_generation {
+            node.applied_generation = generation;
+        }
+    }
+}
+
 fn update_node(
     connection: &Connection,
     operation: &'static str,
@@ -899,21 +962,28 @@ impl Store for SqliteStore {
 
     async fn get_node(&self, name: &str) -> StoreResult<Option<NodeRecord>> {
         let name = name.to_owned();
-        self.run(move |c| read_node(c, &name)).await
+        let node = self.run(move |c| read_node(c, &name)).await?;
+        Ok(node.map(|n| self.with_presence(n)))
     }
 
     async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
-        self.run(|c| {
-            query_all(
-                c,
-                "listing nodes",
-                &format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name"),
-                &[],
-                node_row,
-                NodeRow::decode,
-            )
-        })
-        .await
+        let mut nodes = self
+            .run(|c| {
+                query_all(
+                    c,
+                    "listing nodes",
+                    &format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name"),
+                    &[],
+                    node_row,
+                    NodeRow::decode,
+                )
+            })
+            .await?;
+        let pending = self.pending_presence();
+        for node in &mut nodes {
+            overlay(node, &pending);
+        }
+        Ok(nodes)
     }
 
     async fn enroll_node(&self, enrollment: Enrollment) -> StoreResult<EnrollOutcome> {
@@ -948,6 +1018,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_node(&self, name: &str, audit: NewAudit) -> StoreResult<Option<NodeRecord>> {
+        self.pending_presence().remove(name);
         let name = name.to_owned();
         self.run(move |c| {
             let tx = write_tx(c)?;
@@ -976,36 +1047,37 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn touch_node(&self, name: &str, at: Timestamp) -> StoreResult<()> {
-        let name = name.to_owned();
-        self.run(move |c| {
-            update_node(
-                c,
-                "updating last_seen",
-                "UPDATE nodes SET last_seen = ?2 WHERE name = ?1",
-                &[&name, &time_to_db(at)],
-            )
-        })
-        .await
+    async fn record_presence(&self, update: Presence) -> StoreResult<()> {
+        let mut pending = self.pending_presence();
+        match pending.get_mut(&update.node) {
+            Some(known) => {
+                known.last_seen = known.last_seen.max(update.last_seen);
+                if update.applied_generation.is_some() {
+                    known.applied_generation = update.applied_generation;
+                }
+            }
+            None => {
+                pending.insert(update.node.clone(), update);
+            }
+        }
+        Ok(())
     }
 
-    async fn record_heartbeat(
-        &self,
-        name: &str,
-        applied_generation: u64,
-        at: Timestamp,
-    ) -> StoreResult<()> {
-        let name = name.to_owned();
-        let applied = u64_to_db("applied generation", applied_generation)?;
-        self.run(move |c| {
-            update_node(
-                c,
-                "recording a heartbeat",
-                "UPDATE nodes SET last_seen = ?2, applied_generation = ?3 WHERE name = ?1",
-                &[&name, &time_to_db(at), &applied],
-            )
-        })
-        .await
+    async fn flush_presence(&self) -> StoreResult<()> {
+        let batch: Vec<Presence> = self.pending_presence().values().cloned().collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written = batch.clone();
+        self.run(move |c| write_presence(c, &batch)).await?;
+        // Drop what was written unless newer news arrived meanwhile.
+        let mut pending = self.pending_presence();
+        for presence in written {
+            if pending.get(&presence.node) == Some(&presence) {
+                pending.remove(&presence.node);
+            }
+        }
+        Ok(())
     }
 
     async fn set_node_reported(
@@ -1014,6 +1086,10 @@ impl Store for SqliteStore {
         reported: ReportedState,
         at: Timestamp,
     ) -> StoreResult<()> {
+        // The report is newer than any buffered heartbeat's generation.
+        if let Some(pending) = self.pending_presence().get_mut(name) {
+            pending.applied_generation = None;
+        }
         let name = name.to_owned();
         let applied = u64_to_db("applied generation", reported.applied_generation)?;
         let json = to_json("reported state", &reported)?;

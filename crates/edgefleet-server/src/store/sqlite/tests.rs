@@ -277,7 +277,42 @@ async fn revoked_name_re_enrolls_keeping_its_generation() {
         }])
         .await
         .unwrap();
-    store.record_heartbeat("n1", 4, T0).await.unwrap();
+    for presence in [
+        Presence {
+            node: "n1".into(),
+            last_seen: T0,
+            applied_generation: Some(4),
+        },
+        // Older news (a request answered late) never moves last_seen back.
+        Presence {
+            node: "n1".into(),
+            last_seen: T0 - time::Duration::seconds(5),
+            applied_generation: None,
+        },
+        Presence {
+            node: "unknown".into(),
+            last_seen: T0,
+            applied_generation: None,
+        },
+    ] {
+        store.record_presence(presence).await.unwrap();
+    }
+    // Reads see buffered presence at once...
+    let buffered = store.get_node("n1").await.unwrap().unwrap();
+    assert_eq!(
+        (buffered.applied_generation, buffered.last_seen),
+        (4, Some(T0))
+    );
+    // ...and a flush writes it: a new store on the same file sees it too.
+    store.flush_presence().await.unwrap();
+    let reopened = SqliteStore::open(&_dir.path().join("edgefleet.db"))
+        .await
+        .unwrap();
+    let written = reopened.get_node("n1").await.unwrap().unwrap();
+    assert_eq!(
+        (written.applied_generation, written.last_seen),
+        (4, Some(T0))
+    );
     let node = store.get_node("n1").await.unwrap().unwrap();
     assert_eq!(
         (
@@ -420,7 +455,11 @@ async fn reports_facts_and_labels_are_stored() {
     assert_eq!(node.facts, facts);
     assert_eq!(node.last_seen, Some(T0 + time::Duration::seconds(1)));
     store
-        .touch_node("n1", T0 + time::Duration::seconds(9))
+        .record_presence(Presence {
+            node: "n1".into(),
+            last_seen: T0 + time::Duration::seconds(9),
+            applied_generation: None,
+        })
         .await
         .unwrap();
     assert_eq!(
