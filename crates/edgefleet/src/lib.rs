@@ -87,9 +87,20 @@ fn is_long_running(command: &Command) -> bool {
     matches!(command, Command::Quickstart(_))
 }
 
-/// The CLI commands make a handful of requests: one thread is plenty and starts faster.
+/// The most threads the server's blocking pool may have. Its blocking work is the store,
+/// which runs one statement at a time anyway; more threads only add memory (each thread
+/// that allocates gets a malloc arena of its own).
+const SERVER_BLOCKING_THREADS: usize = 4;
+
+/// The server uses every core; the CLI commands make a handful of requests: one thread is
+/// plenty and starts faster.
 fn build_runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
-    if is_long_running(command) {
+    if matches!(command, Command::Server(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+            .max_blocking_threads(SERVER_BLOCKING_THREADS)
+            .enable_all()
+            .build()
+    } else if is_long_running(command) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
