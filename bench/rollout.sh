@@ -188,6 +188,12 @@ print("done" if done == int(sys.argv[2]) else done)
 EOF
 }
 
+# The idle cost of the fleet: server CPU over 20 s of heartbeats and long polls.
+idle_before=$(cpu_ticks "$server")
+sleep 20
+idle_after=$(cpu_ticks "$server")
+idle_cpu=$(awk -v a="$idle_before" -v b="$idle_after" -v t="$clk_tck" 'BEGIN { printf "%.0f", 100 * (b - a) / t / 20 }')
+
 cpu_before=$(cpu_ticks "$server")
 start=$(now)
 "$bin" apply -f "$work/bench.yaml" >&2
@@ -226,6 +232,7 @@ echo "|---|---|"
 echo "| enrollment | ${enroll_seconds} s (${enroll_rate} nodes/s) |"
 echo "| apply → rollout done (batchSize 10%, bakeTime 0s) | ${wall} s |"
 echo "| server CPU during the rollout (utime+stime) | ${server_cpu} s |"
+echo "| server CPU with the fleet idle (heartbeats, long polls) | ${idle_cpu}% of one core |"
 echo "| server peak RSS (VmHWM) | $(mib "$server_hwm") |"
 echo "| simulator RSS | $(mib "$sim_rss") ($(awk -v k="$sim_rss" -v n="$n" 'BEGIN { printf "%.1f", k / n }') KiB per node) |"
 echo "| measured by | ${measured_by} |"

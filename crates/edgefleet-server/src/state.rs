@@ -66,6 +66,7 @@ impl AppState {
                 node: name.to_owned(),
                 last_seen: now(),
                 applied_generation: None,
+                reported: None,
             })
             .await
     }
@@ -77,6 +78,7 @@ impl AppState {
                 node: name.to_owned(),
                 last_seen: now(),
                 applied_generation: Some(applied_generation),
+                reported: None,
             })
             .await
     }

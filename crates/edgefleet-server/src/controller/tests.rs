@@ -207,6 +207,7 @@ mod rollouts {
                         node: name.clone(),
                         last_seen: T0,
                         applied_generation: None,
+                        reported: None,
                     })
                     .await
                     .unwrap();

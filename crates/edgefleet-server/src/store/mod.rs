@@ -91,8 +91,11 @@ pub enum EnrollOutcome {
 pub struct Presence {
     pub node: String,
     pub last_seen: Timestamp,
-    /// From a heartbeat; other requests only prove the node is alive.
+    /// From a heartbeat or a status report; other requests only prove the node is alive.
     pub applied_generation: Option<u64>,
+    /// From a status report (which the agent sends again with every heartbeat, so it
+    /// needs no durability of its own).
+    pub reported: Option<Box<ReportedState>>,
 }
 
 /// A newly computed desired state for one node, written by the controller.
@@ -266,6 +269,7 @@ pub trait Store: Send + Sync {
     async fn record_presence(&self, update: Presence) -> StoreResult<()>;
     /// Writes buffered presence, in one transaction. Unknown nodes are skipped.
     async fn flush_presence(&self) -> StoreResult<()>;
+    /// Stores a status report; buffered like presence (see `record_presence`).
     async fn set_node_reported(
         &self,
         name: &str,

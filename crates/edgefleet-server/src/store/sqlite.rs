@@ -527,14 +527,28 @@ fn write_presence(connection: &mut Connection, updates: &[Presence]) -> StoreRes
             .map_err(db("recording presence"))?;
         let mut heartbeat = tx
             .prepare_cached(
-                // MAX: a status report written while this batch was buffered may carry
-                // a newer generation; generations never go backwards.
+                // MAX: generations never go backwards, so an older heartbeat written
+                // late cannot undo a newer report.
                 "UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?2), \
                  applied_generation = MAX(applied_generation, ?3) WHERE name = ?1",
             )
             .map_err(db("recording a heartbeat"))?;
+        let mut report = tx
+            .prepare_cached(
+                "UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?2), \
+                 applied_generation = ?3, reported = ?4 WHERE name = ?1",
+            )
+            .map_err(db("storing reported state"))?;
         for update in updates {
             let at = time_to_db(update.last_seen);
+            if let Some(reported) = &update.reported {
+                let generation = u64_to_db("applied generation", reported.applied_generation)?;
+                let json = to_json("reported state", reported)?;
+                report
+                    .execute(params![update.node, at, generation, json])
+                    .map_err(db("storing reported state"))?;
+                continue;
+            }
             match update.applied_generation {
                 Some(generation) => {
                     let generation = u64_to_db("applied generation", generation)?;
@@ -561,6 +575,9 @@ fn overlay(node: &mut NodeRecord, pending: &HashMap<String, Presence>) {
         );
         if let Some(generation) = presence.applied_generation {
             node.applied_generation = generation;
+        }
+        if let Some(reported) = &presence.reported {
+            node.reported = Some(reported.as_ref().clone());
         }
     }
 }
@@ -1055,6 +1072,9 @@ impl Store for SqliteStore {
                 if update.applied_generation.is_some() {
                     known.applied_generation = update.applied_generation;
                 }
+                if update.reported.is_some() {
+                    known.reported = update.reported;
+                }
             }
             None => {
                 pending.insert(update.node.clone(), update);
@@ -1086,20 +1106,11 @@ impl Store for SqliteStore {
         reported: ReportedState,
         at: Timestamp,
     ) -> StoreResult<()> {
-        // The report is newer than any buffered heartbeat's generation.
-        if let Some(pending) = self.pending_presence().get_mut(name) {
-            pending.applied_generation = None;
-        }
-        let name = name.to_owned();
-        let applied = u64_to_db("applied generation", reported.applied_generation)?;
-        let json = to_json("reported state", &reported)?;
-        self.run(move |c| {
-            update_node(
-                c,
-                "storing reported state",
-                "UPDATE nodes SET last_seen = ?2, applied_generation = ?3, reported = ?4 WHERE name = ?1",
-                &[&name, &time_to_db(at), &applied, &json],
-            )
+        self.record_presence(Presence {
+            node: name.to_owned(),
+            last_seen: at,
+            applied_generation: Some(reported.applied_generation),
+            reported: Some(Box::new(reported)),
         })
         .await
     }

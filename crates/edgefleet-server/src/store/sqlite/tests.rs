@@ -282,17 +282,20 @@ async fn revoked_name_re_enrolls_keeping_its_generation() {
             node: "n1".into(),
             last_seen: T0,
             applied_generation: Some(4),
+            reported: None,
         },
         // Older news (a request answered late) never moves last_seen back.
         Presence {
             node: "n1".into(),
             last_seen: T0 - time::Duration::seconds(5),
             applied_generation: None,
+            reported: None,
         },
         Presence {
             node: "unknown".into(),
             last_seen: T0,
             applied_generation: None,
+            reported: None,
         },
     ] {
         store.record_presence(presence).await.unwrap();
@@ -450,7 +453,17 @@ async fn reports_facts_and_labels_are_stored() {
         None
     );
     let node = store.get_node("n1").await.unwrap().unwrap();
-    assert_eq!(node.reported, Some(report));
+    assert_eq!(node.reported, Some(report.clone()));
+    // Reports are buffered like heartbeats; a flush makes them durable.
+    store.flush_presence().await.unwrap();
+    let reopened = SqliteStore::open(&_dir.path().join("edgefleet.db"))
+        .await
+        .unwrap();
+    let written = reopened.get_node("n1").await.unwrap().unwrap();
+    assert_eq!(
+        (written.reported, written.applied_generation),
+        (Some(report), 3)
+    );
     assert_eq!(node.applied_generation, 3);
     assert_eq!(node.facts, facts);
     assert_eq!(node.last_seen, Some(T0 + time::Duration::seconds(1)));
@@ -459,6 +472,7 @@ async fn reports_facts_and_labels_are_stored() {
             node: "n1".into(),
             last_seen: T0 + time::Duration::seconds(9),
             applied_generation: None,
+            reported: None,
         })
         .await
         .unwrap();
