@@ -468,6 +468,44 @@ async fn paused_rollout_releases_no_node_until_resumed_and_undo_restores_revisio
     }
 }
 
+/// Follows the rollout of `app` to success and checks that every node but `held` took
+/// revision `two` while `held` kept revision `one` and its workload's pid for 3 s. Returns
+/// `held`'s line of `rollout status --nodes`, which says it is blocked.
+async fn rollout_holds_back_one_node(
+    fleet: &Fleet,
+    held: &str,
+    (workload, pid): (&str, u64),
+    (one, two): (&str, &str),
+    why: &str,
+) -> String {
+    let out = fleet.cli_ok(&["rollout", "status", "app", "-w"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let others: BTreeSet<String> = NODES
+        .iter()
+        .filter(|n| **n != held)
+        .map(|n| (*n).to_owned())
+        .collect();
+    for node in &others {
+        wait_on_revision(fleet, node, "app", two).await;
+    }
+    let api = fleet.api();
+    hold_for(
+        &format!("{held} kept on the old revision {why}"),
+        Duration::from_secs(3),
+        || only_these_updated(&api, &others, one),
+    )
+    .await;
+    assert_eq!(reported_pid(&node_detail(fleet, held).await, workload), pid);
+    let status = fleet.cli_ok(&["rollout", "status", "app", "--nodes"]);
+    let line = status
+        .lines()
+        .find(|l| l.trim_start().starts_with(held))
+        .unwrap_or_else(|| panic!("{held} not listed:\n{status}"))
+        .to_owned();
+    assert!(line.contains("blocked"), "{status}");
+    line
+}
+
 /// `HH:MM` (UTC) `hours` from now: the start of a window that is closed now.
 fn utc_hhmm_in(hours: i64) -> String {
     let at = time::OffsetDateTime::now_utc() + time::Duration::hours(hours);
@@ -512,30 +550,17 @@ async fn closed_maintenance_window_defers_its_node_until_deleted() {
     assert_eq!(windows[0]["open_nodes"], 0, "{windows:#?}");
 
     // The rollout goes through everywhere else and leaves the lisbon node deferred.
-    let out = fleet.cli_ok(&["rollout", "status", "app", "-w"]);
-    assert!(out.contains("succeeded"), "{out}");
-    wait_on_revision(&fleet, "edge-1", "app", &two).await;
-    wait_on_revision(&fleet, "edge-2", "app", &two).await;
-    let api = fleet.api();
-    let allowed = BTreeSet::from(["edge-1".to_owned(), "edge-2".to_owned()]);
-    hold_for(
-        "edge-3 kept on the old revision outside its window",
-        Duration::from_secs(3),
-        || only_these_updated(&api, &allowed, &one),
+    let line = rollout_holds_back_one_node(
+        &fleet,
+        "edge-3",
+        ("svc", lisbon_pid),
+        (&one, &two),
+        "outside its window",
     )
     .await;
-    assert_eq!(
-        reported_pid(&node_detail(&fleet, "edge-3").await, "svc"),
-        lisbon_pid
-    );
-    let status = fleet.cli_ok(&["rollout", "status", "app", "--nodes"]);
-    let line = status
-        .lines()
-        .find(|l| l.trim_start().starts_with("edge-3"))
-        .unwrap_or_else(|| panic!("edge-3 not listed:\n{status}"));
     assert!(
-        line.contains("blocked") && line.contains("outside maintenance window lisbon-nights"),
-        "{status}"
+        line.contains("outside maintenance window lisbon-nights"),
+        "{line}"
     );
     let explain = fleet.cli_ok(&["explain", "node", "edge-3"]);
     assert!(
@@ -594,27 +619,14 @@ async fn update_lock_holds_back_only_its_node_until_released() {
         &app("till", "echo two; exec sleep 1000", "batchSize: 100%"),
     );
     let two = current_revision(&fleet, "app").await;
-    let out = fleet.cli_ok(&["rollout", "status", "app", "-w"]);
-    assert!(out.contains("succeeded"), "{out}");
-    wait_on_revision(&fleet, "edge-1", "app", &two).await;
-    wait_on_revision(&fleet, "edge-3", "app", &two).await;
-    let allowed = BTreeSet::from(["edge-1".to_owned(), "edge-3".to_owned()]);
-    hold_for(
-        "edge-2 kept on the old revision while locked",
-        Duration::from_secs(3),
-        || only_these_updated(&api, &allowed, &one),
+    rollout_holds_back_one_node(
+        &fleet,
+        "edge-2",
+        ("till", locked_pid),
+        (&one, &two),
+        "while locked",
     )
     .await;
-    assert_eq!(
-        reported_pid(&node_detail(&fleet, "edge-2").await, "till"),
-        locked_pid
-    );
-    let status = fleet.cli_ok(&["rollout", "status", "app", "--nodes"]);
-    let line = status
-        .lines()
-        .find(|l| l.trim_start().starts_with("edge-2"))
-        .unwrap_or_else(|| panic!("edge-2 not listed:\n{status}"));
-    assert!(line.contains("blocked"), "{status}");
 
     // A plan of a further change names the lock.
     let next = write(
