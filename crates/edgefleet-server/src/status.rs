@@ -321,13 +321,7 @@ mod tests {
             workloads: workloads.iter().map(|w| workload(w)).collect(),
             rollout: Default::default(),
         };
-        DeploymentRecord {
-            name: name.into(),
-            revision: edgefleet_core::hash::revision_hash(&spec),
-            revision_count: 1,
-            manifest: DeploymentManifest::new(name, spec),
-            updated_at: NOW,
-        }
+        crate::store::fixtures::deployment(name, spec, NOW)
     }
 
     fn node_running(

@@ -1,29 +1,15 @@
 use super::*;
-use crate::store::{CertRecord, DesiredUpdate};
+use crate::store::DesiredUpdate;
 use edgefleet_core::labels::parse_assignments;
 use edgefleet_wire::Timestamp;
 use edgefleet_wire::manifest::*;
 
 fn node(name: &str, labels: &str) -> NodeRecord {
-    let now = time::OffsetDateTime::UNIX_EPOCH;
-    NodeRecord {
-        name: name.into(),
-        labels: parse_assignments(labels).unwrap(),
-        facts: Default::default(),
-        enrolled_at: now,
-        last_seen: None,
-        revoked: false,
-        cert: CertRecord {
-            serial: "01".into(),
-            not_after: now,
-        },
-        previous_cert_serial: None,
-        applied_generation: 0,
-        reported: None,
-        desired_generation: 0,
-        desired_workloads: vec![],
-        conflicts: vec![],
-    }
+    crate::store::fixtures::node(
+        name,
+        parse_assignments(labels).unwrap(),
+        time::OffsetDateTime::UNIX_EPOCH,
+    )
 }
 
 fn deployment(name: &str, selector: &str, priority: i32, command: &str) -> DeploymentRecord {
@@ -33,13 +19,7 @@ fn deployment(name: &str, selector: &str, priority: i32, command: &str) -> Deplo
         workloads: vec![WorkloadSpec::process("app", command)],
         rollout: Default::default(),
     };
-    DeploymentRecord {
-        name: name.into(),
-        revision: edgefleet_core::hash::revision_hash(&spec),
-        revision_count: 1,
-        manifest: DeploymentManifest::new(name, spec),
-        updated_at: time::OffsetDateTime::UNIX_EPOCH,
-    }
+    crate::store::fixtures::deployment(name, spec, time::OffsetDateTime::UNIX_EPOCH)
 }
 
 /// The desired updates with no rollouts: every deployment at its newest revision.

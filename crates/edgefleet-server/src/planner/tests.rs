@@ -54,7 +54,6 @@ fn basis_differences_name_what_changed() {
 
 mod plans {
     use super::super::*;
-    use crate::store::CertRecord;
     use edgefleet_core::labels::parse_assignments;
     use edgefleet_core::rollout::{Rollout, RolloutSpec};
     use edgefleet_wire::manifest::*;
@@ -66,22 +65,8 @@ mod plans {
 
     fn node(name: &str, labels: &str, online: bool) -> NodeRecord {
         NodeRecord {
-            name: name.into(),
-            labels: parse_assignments(labels).unwrap(),
-            facts: Default::default(),
-            enrolled_at: NOW,
             last_seen: online.then_some(NOW - time::Duration::seconds(5)),
-            revoked: false,
-            cert: CertRecord {
-                serial: "01".into(),
-                not_after: NOW,
-            },
-            previous_cert_serial: None,
-            applied_generation: 0,
-            reported: None,
-            desired_generation: 0,
-            desired_workloads: vec![],
-            conflicts: vec![],
+            ..crate::store::fixtures::node(name, parse_assignments(labels).unwrap(), NOW)
         }
     }
 
@@ -98,13 +83,7 @@ mod plans {
     }
 
     fn record(name: &str, spec: DeploymentSpec) -> DeploymentRecord {
-        DeploymentRecord {
-            name: name.into(),
-            revision: revision_hash(&spec),
-            revision_count: 1,
-            manifest: DeploymentManifest::new(name, spec),
-            updated_at: NOW,
-        }
+        crate::store::fixtures::deployment(name, spec, NOW)
     }
 
     struct Inputs {

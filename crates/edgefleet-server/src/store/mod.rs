@@ -363,3 +363,46 @@ pub trait Store: Send + Sync {
     /// Newest first; only entries about `object` when given.
     async fn list_audit(&self, limit: u32, object: Option<&str>) -> StoreResult<Vec<AuditEntry>>;
 }
+
+#[cfg(test)]
+pub mod fixtures {
+    //! Plain records for unit tests of the code that reads them.
+
+    use edgefleet_wire::manifest::{DeploymentManifest, DeploymentSpec};
+    use edgefleet_wire::{Labels, Timestamp};
+
+    use super::{CertRecord, DeploymentRecord, NodeRecord};
+
+    /// An enrolled node with `labels` that has never been heard from nor given work.
+    pub fn node(name: &str, labels: Labels, at: Timestamp) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            labels,
+            facts: Default::default(),
+            enrolled_at: at,
+            last_seen: None,
+            revoked: false,
+            cert: CertRecord {
+                serial: "01".into(),
+                not_after: at,
+            },
+            previous_cert_serial: None,
+            applied_generation: 0,
+            reported: None,
+            desired_generation: 0,
+            desired_workloads: vec![],
+            conflicts: vec![],
+        }
+    }
+
+    /// A deployment at its first revision.
+    pub fn deployment(name: &str, spec: DeploymentSpec, at: Timestamp) -> DeploymentRecord {
+        DeploymentRecord {
+            name: name.into(),
+            revision: edgefleet_core::hash::revision_hash(&spec),
+            revision_count: 1,
+            manifest: DeploymentManifest::new(name, spec),
+            updated_at: at,
+        }
+    }
+}
