@@ -8,7 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod support;
+
 use std::time::Duration;
 
 use edgefleet_sim::{NodeLabels, Selection, ServerTarget, SimConfig, Simulator};
@@ -16,29 +17,9 @@ use edgefleet_testkit::{Fleet, wait_for};
 use edgefleet_wire::JoinString;
 use edgefleet_wire::node::WorkloadState;
 use serde_json::Value;
+use support::edgefleet_bin;
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// The `edgefleet` binary next to this test's build directory, or `$EDGEFLEET_BIN`.
-fn edgefleet_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("EDGEFLEET_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/edgefleet
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable in target/<profile>/deps");
-    let bin = profile_dir.join("edgefleet");
-    assert!(
-        bin.exists(),
-        "the edgefleet server binary is missing at {}: run `cargo build -p edgefleet` first \
-         (or set EDGEFLEET_BIN)",
-        bin.display()
-    );
-    bin
-}
 
 async fn fleet(server_args: &[&str]) -> Fleet {
     Fleet::start(&edgefleet_bin(), server_args).await

@@ -7,8 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,27 +18,9 @@ use edgefleet_testkit::{Fleet, wait_for};
 use edgefleet_wire::JoinString;
 use edgefleet_wire::rollout::RolloutStatus;
 use serde_json::Value;
+use support::edgefleet_bin;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn edgefleet_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("EDGEFLEET_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable in target/<profile>/deps")
-        .join("edgefleet");
-    assert!(
-        bin.exists(),
-        "the edgefleet server binary is missing at {}: run `cargo build -p edgefleet` first \
-         (or set EDGEFLEET_BIN)",
-        bin.display()
-    );
-    bin
-}
 
 /// A server that notices silent nodes after 3 s, and `n` simulated nodes heartbeating
 /// every second.
