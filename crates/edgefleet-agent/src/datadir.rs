@@ -9,6 +9,12 @@
 //!            delivered: the highest seq the server acknowledged
 //! facts.sha256  hash of the facts last sent to the server
 //! locks.json    the update locks held by workloads (a JSON array of UpdateLock)
+//! files/     <workload>/…: files rendered for workloads (see `files`)
+//! artifacts/ <sha256>: verified artifacts (modules, image archives); <sha256>.partial
+//!            while downloading
+//! containers/ what the container runtime keeps (the images edgefleet pulled)
+//! agent-id      a random id labelling this agent's containers, so several agents can
+//!               share one container engine without touching each other's
 //! agent.sock    the local API socket (0660), present while the agent runs
 //! agent.lock    held (flock) by the running agent: two agents on one directory would
 //!               start every workload twice
@@ -85,6 +91,32 @@ impl DataDir {
         self.root.join("facts.sha256")
     }
 
+    pub fn files(&self) -> PathBuf {
+        self.root.join("files")
+    }
+
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts")
+    }
+
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    /// This agent's id (see the module docs), created on first use.
+    pub fn agent_id(&self) -> Result<String, FsError> {
+        let path = self.root.join("agent-id");
+        if let Some(id) = fsutil::read_optional(&path)? {
+            let id = id.trim();
+            if id.len() >= 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(id.to_owned());
+            }
+        }
+        let id = hex::encode(rand::random::<[u8; 8]>());
+        fsutil::write_atomic(&path, id.as_bytes(), 0o644)?;
+        Ok(id)
+    }
+
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("agent.lock")
     }
@@ -113,7 +145,15 @@ impl DataDir {
         fsutil::ensure_writable_dir(&self.root, 0o755)?;
         // The identity directory holds the node's private key.
         fsutil::ensure_writable_dir(&self.identity(), 0o700)?;
-        for dir in [self.journal(), self.run(), self.logs(), self.events()] {
+        for dir in [
+            self.journal(),
+            self.run(),
+            self.logs(),
+            self.events(),
+            self.files(),
+            self.artifacts(),
+            self.containers(),
+        ] {
             fsutil::ensure_writable_dir(&dir, 0o755)?;
         }
         Ok(())
@@ -134,5 +174,15 @@ mod tests {
         assert!(matches!(error, LockError::Busy { .. }), "{error}");
         drop(held);
         data.lock().unwrap();
+    }
+
+    #[test]
+    fn the_agent_id_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        data.prepare().unwrap();
+        let id = data.agent_id().unwrap();
+        assert_eq!(id.len(), 16);
+        assert_eq!(data.agent_id().unwrap(), id);
     }
 }

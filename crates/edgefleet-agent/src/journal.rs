@@ -121,6 +121,7 @@ mod tests {
                 spec_hash: "h".into(),
                 spec,
                 rolled_back: false,
+                labels: Default::default(),
             }],
         }
     }

@@ -18,13 +18,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod artifacts;
 pub mod channel;
 pub mod datadir;
 pub mod delivery;
 pub mod desired;
 pub mod enroll;
 pub mod facts;
+pub mod files;
 pub mod fsutil;
+pub mod health;
+pub mod housekeeping;
 pub mod identity;
 pub mod journal;
 pub mod local_api;
@@ -34,6 +38,7 @@ pub mod recorder;
 pub mod renew;
 pub mod report;
 pub mod runtime;
+pub mod sessions;
 pub mod shutdown;
 
 use std::future::Future;
@@ -50,16 +55,21 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::artifacts::ArtifactCache;
 use crate::datadir::DataDir;
 use crate::enroll::EnrollParams;
+use crate::files::NodeContext;
 use crate::identity::{Identity, IdentityStore};
 use crate::journal::{Journal, JournalError};
 use crate::local_api::LocalApi;
 use crate::locks::Locks;
-use crate::reconcile::Reconciler;
+use crate::reconcile::{FilesConfig, ProbeConfig, Reconciler};
 use crate::recorder::{NewEvent, Recorder};
-use crate::runtime::{ProcessConfig, ProcessRuntime, pidfile};
+use crate::runtime::container::{ContainerConfig, ContainerRuntime};
+use crate::runtime::logs::LogRegistry;
+use crate::runtime::{ProcessConfig, ProcessRuntime, Runtimes, pidfile};
 use crate::shutdown::Shutdown;
+use edgefleet_wire::manifest::Runtime as WorkloadRuntime;
 
 pub use crate::local_api::{LockArgs, LockCommand, lock_command};
 
@@ -93,6 +103,15 @@ pub struct AgentArgs {
     /// Events the flight recorder keeps on the node (delivered ones are dropped first)
     #[arg(long, env = "EDGEFLEET_EVENTS_MAX", default_value_t = recorder::DEFAULT_MAX_EVENTS)]
     pub events_max: usize,
+    /// The container engine's socket (dockerd or Podman). Default: DOCKER_HOST if it is
+    /// unix://…, else the first of /var/run/docker.sock, /run/podman/podman.sock and
+    /// $XDG_RUNTIME_DIR/podman/podman.sock that exists
+    #[arg(long, env = "EDGEFLEET_CONTAINER_SOCKET")]
+    pub container_socket: Option<PathBuf>,
+    /// Size the artifact cache is trimmed to (least recently used first; artifacts desired
+    /// workloads need are always kept), e.g. 2Gi
+    #[arg(long, env = "EDGEFLEET_ARTIFACT_CACHE_MAX", default_value = "2Gi")]
+    pub artifact_cache_max: edgefleet_wire::workload::ByteSize,
 }
 
 /// The delay before reconnect attempt `attempt + 1`, jittered so that a fleet that lost
@@ -189,18 +208,84 @@ pub async fn run(
     }
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let runtime = ProcessRuntime::new(
+    let logs = LogRegistry::new(data.logs(), args.log_max_bytes, args.log_files);
+    let artifacts = Arc::new(
+        ArtifactCache::open(
+            &data.artifacts(),
+            args.artifact_cache_max.0,
+            channel.clone(),
+        )
+        .context("opening the artifact cache")?,
+    );
+    let process = ProcessRuntime::new(
         ProcessConfig {
             run_dir: data.run(),
-            logs_dir: data.logs(),
-            log_max_bytes: args.log_max_bytes,
-            log_files: args.log_files,
+            logs: logs.clone(),
         },
-        events_tx,
+        events_tx.clone(),
     );
-    let (reconciler, status_rx) = Reconciler::new(Box::new(runtime), events_rx);
-    let reconciler = reconciler.with_recorder(recorder.clone());
+    let mut containers = ContainerRuntime::new(
+        ContainerConfig {
+            socket: args.container_socket.clone(),
+            agent_id: data.agent_id()?,
+            logs: logs.clone(),
+            artifacts: artifacts.clone(),
+            state_dir: data.containers(),
+        },
+        events_tx.clone(),
+    );
+    // Containers a previous agent run left running are adopted, not started again. An
+    // engine that does not answer is not fatal: the agent may run no container at all.
+    let adoptable = match containers.discover().await {
+        Ok(found) => found,
+        Err(error) => {
+            if args.container_socket.is_some() {
+                warn!(%error, "cannot list this agent's containers; container workloads will be started afresh");
+            }
+            Vec::new()
+        }
+    };
+    let probes = ProbeConfig {
+        host: Arc::new(health::HostExec),
+        container: Some(containers.exec_handle()),
+    };
+    let images = containers.image_collector();
+    let runtimes = Runtimes::new(events_tx.clone())
+        .with(WorkloadRuntime::Process, Box::new(process))
+        .with(WorkloadRuntime::Container, Box::new(containers));
+    #[cfg(feature = "wasm")]
+    let runtimes = runtimes.with(
+        WorkloadRuntime::Wasm,
+        Box::new(runtime::wasm::WasmRuntime::new(
+            runtime::wasm::WasmConfig {
+                logs: logs.clone(),
+                artifacts: artifacts.clone(),
+            },
+            events_tx.clone(),
+        )),
+    );
+    let node_facts = tokio::task::spawn_blocking(facts::gather)
+        .await
+        .unwrap_or_default();
+    let (mut reconciler, status_rx) = Reconciler::new(Box::new(runtimes), events_rx);
+    reconciler.adopt(adoptable, |runtimes, name, instance| {
+        runtimes.adopt(name, instance);
+    });
+    let reconciler = reconciler
+        .with_recorder(recorder.clone())
+        .with_files(
+            FilesConfig {
+                root: data.files(),
+                node: NodeContext {
+                    node: identity.node.clone(),
+                    facts: serde_json::to_value(&node_facts).unwrap_or_default(),
+                },
+            },
+            events_tx,
+        )
+        .with_probes(probes);
     let (desired_tx, desired_rx) = watch::channel(initial.map(Arc::new));
+    let desired_rx_for_housekeeping = desired_rx.clone();
     // Dropping `run` without a shutdown (the embedding process is going away) must not
     // leave a reconcile loop behind: it is aborted, and the workloads live on like after a
     // crash, to be found by their pid files next time.
@@ -232,6 +317,13 @@ pub async fn run(
         shutdown_rx.clone(),
     ));
     tasks.spawn(local_api.serve(locks, shutdown_rx.clone()));
+    tasks.spawn(sessions::run(channel.clone(), logs, shutdown_rx.clone()));
+    tasks.spawn(housekeeping::run(
+        desired_rx_for_housekeeping,
+        artifacts,
+        images,
+        shutdown_rx.clone(),
+    ));
     tasks.spawn(report::sync_facts(
         channel.clone(),
         data.facts_hash(),

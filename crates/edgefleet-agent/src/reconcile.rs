@@ -10,18 +10,22 @@
 //! failed start, exit, stop, entry into a crash loop, and start of a rolled-back revision,
 //! with the deployment and revision the instance belongs to.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgefleet_core::supervisor::{Effect, Event, Supervisor};
-use edgefleet_wire::api::DesiredState;
+use edgefleet_core::supervisor::{Adopted, Effect, Event, Supervisor, Wanted};
+use edgefleet_wire::api::{DesiredState, DesiredWorkload};
+use edgefleet_wire::manifest::WorkloadSpec;
 use edgefleet_wire::node::{NodeEventKind, WorkloadState, WorkloadStatus};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::files::{self, NodeContext, Rendered};
+use crate::health::{self, ProbeHandle};
 use crate::recorder::{NewEvent, Recorder};
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, EventSender, ExecInWorkload, Runtime};
 use crate::shutdown::Shutdown;
 
 /// How long shutdown waits for processes that were sent SIGKILL and still did not exit
@@ -50,6 +54,30 @@ pub struct Reconciler {
     /// revision come from.
     desired: Option<Arc<DesiredState>>,
     witness: Witness,
+    /// Where the shell reports failures it finds itself (a file that cannot be written):
+    /// the runtime's event channel.
+    loopback: Option<EventSender>,
+    files: Option<FilesConfig>,
+    /// Each workload's files as last rendered for the desired state.
+    rendered: HashMap<String, Rendered>,
+    probes: Option<ProbeConfig>,
+    /// The probes of each running instance, by workload: `(instance, handle)`.
+    probing: HashMap<String, (u64, ProbeHandle)>,
+}
+
+/// Where workloads' files are rendered, and with what.
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    /// `<data>/files`: one directory per workload.
+    pub root: PathBuf,
+    pub node: NodeContext,
+}
+
+/// How exec probes run: on the node, or inside the workload's container.
+#[derive(Clone)]
+pub struct ProbeConfig {
+    pub host: Arc<dyn ExecInWorkload>,
+    pub container: Option<Arc<dyn ExecInWorkload>>,
 }
 
 fn now() -> Instant {
@@ -75,8 +103,53 @@ impl Reconciler {
             applied_generation: 0,
             desired: None,
             witness: Witness::default(),
+            loopback: None,
+            files: None,
+            rendered: HashMap::new(),
+            probes: None,
+            probing: HashMap::new(),
         };
         (reconciler, status_rx)
+    }
+
+    /// Renders workloads' files (see `files`); `loopback` is the runtime's event sender,
+    /// where a file that cannot be written fails the start.
+    pub fn with_files(mut self, config: FilesConfig, loopback: EventSender) -> Self {
+        self.files = Some(config);
+        self.loopback = Some(loopback);
+        self
+    }
+
+    /// Runs the liveness and readiness probes of workloads that have them.
+    pub fn with_probes(mut self, config: ProbeConfig) -> Self {
+        self.probes = Some(config);
+        self
+    }
+
+    /// Takes over instances found running when the agent started (containers): the
+    /// supervisor keeps them if the desired state still wants them as they are, and the
+    /// runtime reports on them from now on. Call before `run`.
+    pub fn adopt(
+        &mut self,
+        found: Vec<runtime::Adoptable>,
+        mut adopt: impl FnMut(&mut dyn Runtime, &str, u64),
+    ) {
+        for found in found {
+            let instance = self.supervisor.adopt(
+                now(),
+                Adopted {
+                    name: found.name.clone(),
+                    key: found.key,
+                    spec_hash: found.spec_hash,
+                    deployment: found.deployment,
+                    revision: found.revision,
+                    pid: found.pid,
+                    started_at: found.started_at,
+                },
+            );
+            info!(workload = %found.name, instance, "adopted a running instance from the previous agent run");
+            adopt(self.runtime.as_mut(), &found.name, instance);
+        }
     }
 
     /// Records workload events in `recorder`.
@@ -127,23 +200,234 @@ impl Reconciler {
                 "applying desired state"
             );
         }
-        let effects = self.supervisor.set_desired(now(), &state.workloads);
+        let wanted: Vec<Wanted> = state
+            .workloads
+            .iter()
+            .map(|workload| Wanted {
+                key: self.render(workload),
+                workload: workload.clone(),
+            })
+            .collect();
+        let effects = self.supervisor.set_wanted(now(), &wanted);
         self.applied_generation = state.generation;
         self.desired = Some(state);
+        self.write_live_files();
         self.execute(effects);
+        self.start_missing_probes();
         self.publish();
+    }
+
+    /// Renders `workload`'s files and returns its replacement key.
+    fn render(&mut self, workload: &DesiredWorkload) -> String {
+        let name = &workload.spec.name;
+        let Some(config) = &self.files else {
+            return workload.spec_hash.clone();
+        };
+        if workload.spec.files.is_empty() {
+            self.rendered.remove(name);
+            return workload.spec_hash.clone();
+        }
+        let rendered = files::render(&config.node, workload);
+        let key = files::key(workload, &rendered);
+        self.rendered.insert(name.clone(), rendered);
+        key
+    }
+
+    /// Writes the files that change without a restart, for the workloads that keep
+    /// running; removes the files of workloads no longer desired.
+    fn write_live_files(&mut self) {
+        let Some(config) = &self.files else {
+            return;
+        };
+        let Some(state) = &self.desired else {
+            return;
+        };
+        let running: BTreeSet<String> = self
+            .supervisor
+            .running()
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect();
+        for workload in &state.workloads {
+            let name = &workload.spec.name;
+            if !running.contains(name) {
+                continue;
+            }
+            if let Some(Ok(rendered)) = self.rendered.get(name)
+                && let Err(error) = files::write(&files::dir(&config.root, name), rendered, true)
+            {
+                warn!(workload = %name, %error, "cannot update the workload's files");
+            }
+        }
+        let wanted: BTreeSet<&str> = state
+            .workloads
+            .iter()
+            .filter(|w| !w.spec.files.is_empty())
+            .map(|w| w.spec.name.as_str())
+            .collect();
+        self.rendered
+            .retain(|name, _| wanted.contains(name.as_str()));
+        files::remove_unwanted(&config.root, &wanted);
+    }
+
+    /// Starts probes for running instances that have none yet (instances adopted before
+    /// their spec was known).
+    fn start_missing_probes(&mut self) {
+        for (name, instance, _) in self.supervisor.running() {
+            if self.probing.get(&name).is_none_or(|(i, _)| *i != instance) {
+                self.start_probes(&name, instance);
+            }
+        }
+    }
+
+    fn start_probes(&mut self, name: &str, instance: u64) {
+        let Some(config) = &self.probes else {
+            return;
+        };
+        let Some(workload) = self.desired_workload(name) else {
+            return;
+        };
+        let spec = &workload.spec;
+        let exec = match (spec.runtime, &config.container) {
+            (edgefleet_wire::manifest::Runtime::Container, Some(container)) => container.clone(),
+            _ => config.host.clone(),
+        };
+        let Some(events) = self.loopback.clone() else {
+            return;
+        };
+        let spec = spec.clone();
+        if let Some(handle) = health::spawn(name, instance, &spec, exec, events) {
+            self.probing.insert(name.to_owned(), (instance, handle));
+        }
+    }
+
+    fn desired_workload(&self, name: &str) -> Option<&DesiredWorkload> {
+        self.desired
+            .as_ref()?
+            .workloads
+            .iter()
+            .find(|w| w.spec.name == name)
+    }
+
+    /// The launch for an effect about `name`: the desired workload's labels, and for a
+    /// start, its files written (the error fails the start).
+    fn launch(
+        &self,
+        name: &str,
+        spec: WorkloadSpec,
+        start: bool,
+    ) -> Result<runtime::Launch, String> {
+        let workload = self.desired_workload(name);
+        let spec_hash = workload
+            .map(|w| w.spec_hash.clone())
+            .unwrap_or_else(|| edgefleet_core::hash::workload_hash(&spec));
+        let mut files_dir = None;
+        if start
+            && !spec.files.is_empty()
+            && let Some(config) = &self.files
+        {
+            let dir = files::dir(&config.root, name);
+            match self.rendered.get(name) {
+                Some(Ok(rendered)) => files::write(&dir, rendered, false)?,
+                Some(Err(error)) => return Err(error.clone()),
+                None => return Err("its files were not rendered".to_owned()),
+            }
+            files_dir = Some(dir);
+        }
+        let key = workload
+            .map(|w| match self.rendered.get(name) {
+                Some(rendered) => files::key(w, rendered),
+                None => w.spec_hash.clone(),
+            })
+            .unwrap_or_else(|| spec_hash.clone());
+        Ok(runtime::Launch {
+            spec,
+            files_dir,
+            spec_hash,
+            key,
+            deployment: workload.map(|w| w.deployment.clone()).unwrap_or_default(),
+            revision: workload.map(|w| w.revision.clone()).unwrap_or_default(),
+        })
     }
 
     fn on_event(&mut self, event: Event) {
         self.witness.event(&event);
+        match &event {
+            Event::Prepared { instance, .. }
+            | Event::PrepareFailed { instance, .. }
+            | Event::StartFailed { instance, .. } => self.runtime.forget(*instance),
+            Event::Exited { name, instance, .. } => {
+                self.runtime.forget(*instance);
+                if self.probing.get(name).is_some_and(|(i, _)| i == instance) {
+                    self.probing.remove(name);
+                }
+            }
+            Event::Unhealthy { name, instance, .. } => {
+                if self.probing.get(name).is_some_and(|(i, _)| i == instance) {
+                    self.probing.remove(name);
+                }
+            }
+            Event::Progress { .. } | Event::Started { .. } | Event::Readiness { .. } => {}
+        }
+        let started = match &event {
+            Event::Started { name, instance, .. } => Some((name.clone(), *instance)),
+            _ => None,
+        };
         let effects = self.supervisor.on_event(now(), event);
+        if let Some((name, instance)) = started
+            && self
+                .supervisor
+                .running()
+                .iter()
+                .any(|(n, i, _)| *n == name && *i == instance)
+        {
+            self.start_probes(&name, instance);
+        }
         self.execute(effects);
     }
 
     fn execute(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             self.witness.effect(&effect, self.desired.as_deref());
-            runtime::execute(self.runtime.as_mut(), effect);
+            match effect {
+                Effect::Prepare {
+                    name,
+                    instance,
+                    spec,
+                } => match self.launch(&name, spec, false) {
+                    Ok(launch) => self.runtime.prepare(&name, instance, &launch),
+                    Err(error) => self.fail(Event::PrepareFailed {
+                        name,
+                        instance,
+                        error,
+                    }),
+                },
+                Effect::Start {
+                    name,
+                    instance,
+                    spec,
+                } => match self.launch(&name, spec, true) {
+                    Ok(launch) => self.runtime.start(&name, instance, &launch),
+                    Err(error) => self.fail(Event::StartFailed {
+                        name,
+                        instance,
+                        error,
+                    }),
+                },
+                Effect::Stop { name, instance } => self.runtime.stop(&name, instance),
+                Effect::Kill { name, instance } => self.runtime.kill(&name, instance),
+            }
+        }
+    }
+
+    /// Reports a failure the shell found before the runtime was asked: through the
+    /// runtime's channel, so the supervisor hears of it like of any other answer.
+    fn fail(&mut self, event: Event) {
+        match &self.loopback {
+            Some(loopback) => {
+                let _ = loopback.send(event);
+            }
+            None => warn!(?event, "cannot report a failure: no event channel"),
         }
     }
 
@@ -179,7 +463,7 @@ impl Reconciler {
                 Some(event) = self.events.recv() => self.on_event(event),
                 () = sleep_until(wake) => {
                     if deadline.is_none() {
-                        let stuck: Vec<_> = self.supervisor.running().into_iter().map(|(name, _, pid)| format!("{name} (pid {pid})")).collect();
+                        let stuck: Vec<_> = self.supervisor.running().into_iter().map(|(name, _, pid)| match pid { Some(pid) => format!("{name} (pid {pid})"), None => name }).collect();
                         warn!(workloads = %stuck.join(", "), "workloads did not exit after SIGKILL; exiting without them");
                         break;
                     }
@@ -250,6 +534,7 @@ impl Witness {
     /// An effect about to be carried out; `desired` is the state it came from.
     fn effect(&mut self, effect: &Effect, desired: Option<&DesiredState>) {
         match effect {
+            Effect::Prepare { .. } => {}
             Effect::Start { name, instance, .. } => {
                 let wanted =
                     desired.and_then(|d| d.workloads.iter().find(|w| w.spec.name == *name));
@@ -303,7 +588,10 @@ impl Witness {
                 self.record(
                     NodeEventKind::WorkloadStarted,
                     about,
-                    format!("started (pid {pid})"),
+                    match pid {
+                        Some(pid) => format!("started (pid {pid})"),
+                        None => "started".to_owned(),
+                    },
                 );
                 return;
             }
@@ -334,6 +622,36 @@ impl Witness {
                     _ => (NodeEventKind::WorkloadExited, *instance, how),
                 }
             }
+            Event::Unhealthy {
+                instance, reason, ..
+            } => {
+                self.record_about(
+                    *instance,
+                    NodeEventKind::ProbeChanged,
+                    format!("liveness probe failed: {reason}; restarting"),
+                );
+                return;
+            }
+            Event::Readiness {
+                instance,
+                ready,
+                reason,
+                ..
+            } => {
+                let message = match (ready, reason) {
+                    (true, _) => "ready".to_owned(),
+                    (false, Some(reason)) => format!("not ready: {reason}"),
+                    (false, None) => "not ready".to_owned(),
+                };
+                self.record_about(*instance, NodeEventKind::ProbeChanged, message);
+                return;
+            }
+            Event::PrepareFailed { error, .. } => {
+                // Preparations are not instances the witness tracks; record by name.
+                let _ = error;
+                return;
+            }
+            Event::Prepared { .. } | Event::Progress { .. } => return,
         };
         // The instance is over: it failed to start, or its process is gone.
         let Some(known) = self.instances.remove(&instance) else {
@@ -344,6 +662,17 @@ impl Witness {
             (&known.name, &known.deployment, &known.revision),
             message,
         );
+    }
+
+    /// Records `kind` about a running instance the witness knows.
+    fn record_about(&self, instance: u64, kind: NodeEventKind, message: String) {
+        if let Some(known) = self.instances.get(&instance) {
+            self.record(
+                kind,
+                (&known.name, &known.deployment, &known.revision),
+                message,
+            );
+        }
     }
 
     /// A published status change: records workloads that entered a crash loop.

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use edgefleet_agent::runtime::{ProcessConfig, ProcessRuntime, Runtime};
+use edgefleet_agent::runtime::{Launch, ProcessConfig, ProcessRuntime, Runtime};
 use edgefleet_core::supervisor::Event;
 use support::{group_members, is_alive, spec, until};
 use tokio::sync::mpsc;
@@ -24,9 +24,11 @@ fn harness() -> Harness {
     let runtime = ProcessRuntime::new(
         ProcessConfig {
             run_dir: dir.path().join("run"),
-            logs_dir: dir.path().join("logs"),
-            log_max_bytes: 1 << 20,
-            log_files: 2,
+            logs: edgefleet_agent::runtime::logs::LogRegistry::new(
+                dir.path().join("logs"),
+                1 << 20,
+                2,
+            ),
         },
         tx,
     );
@@ -48,7 +50,7 @@ impl Harness {
 
     async fn started(&mut self) -> u32 {
         match self.next().await {
-            Event::Started { pid, .. } => pid,
+            Event::Started { pid, .. } => pid.expect("a process has a pid"),
             other => panic!("expected Started, got {other:?}"),
         }
     }
@@ -67,7 +69,7 @@ async fn stop_kills_the_whole_process_group() {
     h.runtime.start(
         "group",
         1,
-        &spec("group", "/bin/sh", &["-c", "sleep 100 & sleep 100"]),
+        &Launch::new(spec("group", "/bin/sh", &["-c", "sleep 100 & sleep 100"])),
     );
     let pid = h.started().await;
     // The shell and both sleeps (however the shell forks) are in the group.
@@ -81,7 +83,7 @@ async fn stop_kills_the_whole_process_group() {
         "no grandchild in {members:?}"
     );
 
-    h.runtime.stop("group", 1, pid);
+    h.runtime.stop("group", 1);
     let (code, signal) = h.exited().await;
     assert_eq!((code, signal), (None, Some(15)));
     until("every group member to die", LIMIT, || {
@@ -96,34 +98,37 @@ async fn kill_sends_sigkill_to_a_process_ignoring_sigterm() {
     h.runtime.start(
         "stubborn",
         1,
-        &spec(
+        &Launch::new(spec(
             "stubborn",
             "/bin/sh",
             &["-c", "trap '' TERM; echo ready; while :; do sleep 1; done"],
-        ),
+        )),
     );
-    let pid = h.started().await;
+    h.started().await;
     let log = h.dir.path().join("logs/stubborn/stdout.log");
     until("the trap to be set", LIMIT, || {
         std::fs::read_to_string(&log).is_ok_and(|s| s.contains("ready"))
     })
     .await;
-    h.runtime.kill("stubborn", 1, pid);
+    h.runtime.kill("stubborn", 1);
     assert_eq!(h.exited().await, (None, Some(9)));
 }
 
 #[tokio::test]
 async fn exit_code_and_signal_are_reported() {
     let mut h = harness();
-    h.runtime
-        .start("seven", 1, &spec("seven", "/bin/sh", &["-c", "exit 7"]));
+    h.runtime.start(
+        "seven",
+        1,
+        &Launch::new(spec("seven", "/bin/sh", &["-c", "exit 7"])),
+    );
     h.started().await;
     assert_eq!(h.exited().await, (Some(7), None));
 
     h.runtime.start(
         "selfkill",
         2,
-        &spec("selfkill", "/bin/sh", &["-c", "kill -9 $$"]),
+        &Launch::new(spec("selfkill", "/bin/sh", &["-c", "kill -9 $$"])),
     );
     h.started().await;
     assert_eq!(h.exited().await, (None, Some(9)));
@@ -132,8 +137,11 @@ async fn exit_code_and_signal_are_reported() {
 #[tokio::test]
 async fn start_failure_names_the_command_and_the_os_error() {
     let mut h = harness();
-    h.runtime
-        .start("missing", 3, &spec("missing", "/no/such/binary", &[]));
+    h.runtime.start(
+        "missing",
+        3,
+        &Launch::new(spec("missing", "/no/such/binary", &[])),
+    );
     match h.next().await {
         Event::StartFailed {
             name,
@@ -147,8 +155,11 @@ async fn start_failure_names_the_command_and_the_os_error() {
         other => panic!("expected StartFailed, got {other:?}"),
     }
     // A name that could escape the logs directory is refused before anything runs.
-    h.runtime
-        .start("../evil", 4, &spec("../evil", "/bin/true", &[]));
+    h.runtime.start(
+        "../evil",
+        4,
+        &Launch::new(spec("../evil", "/bin/true", &[])),
+    );
     assert!(matches!(
         h.next().await,
         Event::StartFailed { instance: 4, .. }
@@ -169,7 +180,7 @@ async fn output_env_working_dir_and_pid_file() {
     );
     spec.env.insert("FOO".into(), "bar".into());
     spec.working_dir = Some(workdir.path().display().to_string());
-    h.runtime.start("env", 1, &spec);
+    h.runtime.start("env", 1, &Launch::new(spec));
     let pid = h.started().await;
 
     let pid_file = h.dir.path().join("run/env.pid");
@@ -190,7 +201,7 @@ async fn output_env_working_dir_and_pid_file() {
     })
     .await;
 
-    h.runtime.stop("env", 1, pid);
+    h.runtime.stop("env", 1);
     h.exited().await;
     assert!(!pid_file.exists(), "pid file left behind after exit");
 }
@@ -198,12 +209,13 @@ async fn output_env_working_dir_and_pid_file() {
 #[tokio::test]
 async fn signals_for_an_old_instance_are_ignored() {
     let mut h = harness();
-    h.runtime.start("w", 1, &spec("w", "/bin/sleep", &["100"]));
-    let pid = h.started().await;
+    h.runtime
+        .start("w", 1, &Launch::new(spec("w", "/bin/sleep", &["100"])));
+    h.started().await;
     // Signals naming another instance must not reach the running one: had the SIGKILL
     // gone out, the process would die of signal 9, not of the SIGTERM sent after it.
-    h.runtime.kill("w", 99, pid);
-    h.runtime.stop("w", 99, pid);
-    h.runtime.stop("w", 1, pid);
+    h.runtime.kill("w", 99);
+    h.runtime.stop("w", 99);
+    h.runtime.stop("w", 1);
     assert_eq!(h.exited().await, (None, Some(15)));
 }

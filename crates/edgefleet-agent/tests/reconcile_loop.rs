@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use edgefleet_agent::reconcile::{Reconciler, Status};
 use edgefleet_agent::recorder::Recorder;
-use edgefleet_agent::runtime::{EventSender, ProcessConfig, ProcessRuntime, Runtime};
+use edgefleet_agent::runtime::{EventSender, Launch, ProcessConfig, ProcessRuntime, Runtime};
 use edgefleet_agent::shutdown;
 use edgefleet_core::supervisor::Event;
 use edgefleet_wire::api::{DesiredState, DesiredWorkload};
@@ -29,9 +29,18 @@ struct FakeRuntime {
 }
 
 impl Runtime for FakeRuntime {
-    fn start(&mut self, name: &str, instance: u64, spec: &WorkloadSpec) {
+    fn prepare(&mut self, name: &str, instance: u64, _launch: &Launch) {
+        self.events
+            .send(Event::Prepared {
+                name: name.into(),
+                instance,
+            })
+            .unwrap();
+    }
+
+    fn start(&mut self, name: &str, instance: u64, launch: &Launch) {
         self.calls.lock().unwrap().push(format!("start {name}"));
-        if spec.command == "fail" {
+        if launch.spec.command == "fail" {
             self.events
                 .send(Event::StartFailed {
                     name: name.into(),
@@ -46,13 +55,13 @@ impl Runtime for FakeRuntime {
             .send(Event::Started {
                 name: name.into(),
                 instance,
-                pid: self.next_pid,
+                pid: Some(self.next_pid),
                 at: time::OffsetDateTime::now_utc(),
             })
             .unwrap();
     }
 
-    fn stop(&mut self, name: &str, instance: u64, _pid: u32) {
+    fn stop(&mut self, name: &str, instance: u64) {
         self.calls.lock().unwrap().push(format!("stop {name}"));
         self.events
             .send(Event::Exited {
@@ -60,11 +69,12 @@ impl Runtime for FakeRuntime {
                 instance,
                 code: None,
                 signal: Some(15),
+                reason: None,
             })
             .unwrap();
     }
 
-    fn kill(&mut self, name: &str, instance: u64, _pid: u32) {
+    fn kill(&mut self, name: &str, instance: u64) {
         self.calls.lock().unwrap().push(format!("kill {name}"));
         self.events
             .send(Event::Exited {
@@ -72,6 +82,7 @@ impl Runtime for FakeRuntime {
                 instance,
                 code: None,
                 signal: Some(9),
+                reason: None,
             })
             .unwrap();
     }
@@ -159,9 +170,11 @@ async fn a_workload_killed_from_outside_is_restarted_and_shutdown_stops_it() {
     let runtime = ProcessRuntime::new(
         ProcessConfig {
             run_dir: dir.path().join("run"),
-            logs_dir: dir.path().join("logs"),
-            log_max_bytes: 4096,
-            log_files: 1,
+            logs: edgefleet_agent::runtime::logs::LogRegistry::new(
+                dir.path().join("logs"),
+                4096,
+                1,
+            ),
         },
         tx,
     );
@@ -221,13 +234,15 @@ async fn workload_events_reach_the_flight_recorder() {
         }
     };
     status_where(&mut status, "web running", pid_is(101)).await;
-    // It exits by itself three times in a row (instances 1 to 3): a crash loop.
-    for (instance, next_pid) in [(1, 102), (2, 103), (3, 104)] {
+    // It exits by itself three times in a row (instances 2 to 4; instance 1 was its
+    // preparation): a crash loop.
+    for (instance, next_pid) in [(2, 102), (3, 103), (4, 104)] {
         tx.send(Event::Exited {
             name: "web".into(),
             instance,
             code: Some(3),
             signal: None,
+            reason: None,
         })
         .unwrap();
         status_where(&mut status, "web restarted", pid_is(next_pid)).await;
@@ -241,6 +256,7 @@ async fn workload_events_reach_the_flight_recorder() {
         spec_hash: "hash-of-rev-0".into(),
         spec: spec("web", "/bin/sleep", &["50"]),
         rolled_back: true,
+        labels: Default::default(),
     };
     let with_rollback = |generation: u64, extra: Vec<DesiredWorkload>| {
         let mut workloads = vec![rolled_back.clone()];

@@ -201,6 +201,7 @@ mod tests {
 
     fn workload(deployment: &str, revision: &str, spec: WorkloadSpec) -> DesiredWorkload {
         DesiredWorkload {
+            labels: Default::default(),
             deployment: deployment.into(),
             revision: revision.into(),
             spec_hash: crate::hash::workload_hash(&spec),

@@ -12,7 +12,8 @@ use std::fmt;
 
 use edgefleet_wire::API_VERSION;
 use edgefleet_wire::manifest::{
-    Amount, DeploymentManifest, MaintenanceWindowManifest, Metadata, RolloutStrategy, Selector,
+    Amount, DeploymentManifest, MaintenanceWindowManifest, Metadata, NetworkMode, RolloutStrategy,
+    Runtime, Selector, WorkloadSpec,
 };
 use serde::de::DeserializeOwned;
 
@@ -515,9 +516,7 @@ pub fn validate(manifest: &DeploymentManifest) -> Result<(), (String, String)> {
                 ),
             ));
         }
-        if workload.command.trim().is_empty() {
-            return Err((field("command"), "command is empty".into()));
-        }
+        validate_runtime_fields(workload).map_err(|(f, m)| (field(&f), m))?;
         if workload.command.contains('\0') || workload.args.iter().any(|a| a.contains('\0')) {
             return Err((
                 field("command"),
@@ -542,6 +541,193 @@ pub fn validate(manifest: &DeploymentManifest) -> Result<(), (String, String)> {
         }
     }
     validate_rollout(&spec.rollout)
+}
+
+/// The fields each runtime needs and accepts. The error's field is relative to the workload.
+fn validate_runtime_fields(workload: &WorkloadSpec) -> Result<(), (String, String)> {
+    let runtime = workload.runtime;
+    let not_for = |field: &str, what: &str| {
+        Err((
+            field.to_owned(),
+            format!(
+                "{what} is not used by the {} runtime (only by {})",
+                runtime.as_str(),
+                match field {
+                    "image" | "imagePullPolicy" | "imageArtifact" | "network" | "ports" => {
+                        "container"
+                    }
+                    "module" => "wasm",
+                    "resources.fuel" => "wasm",
+                    _ => "container and wasm",
+                }
+            ),
+        ))
+    };
+    let container = runtime == Runtime::Container;
+    let wasm = runtime == Runtime::Wasm;
+    match runtime {
+        Runtime::Process if workload.command.trim().is_empty() => {
+            return Err(("command".into(), "command is empty".into()));
+        }
+        Runtime::Container
+            if workload
+                .image
+                .as_deref()
+                .is_none_or(|i| i.trim().is_empty()) =>
+        {
+            return Err(("image".into(), "a container workload needs an image".into()));
+        }
+        Runtime::Wasm if workload.module.is_none() => {
+            return Err((
+                "module".into(),
+                "a wasm workload needs a module (an artifact: NAME@sha256:…, see `edgefleet artifact push`)".into(),
+            ));
+        }
+        Runtime::Wasm if !workload.command.is_empty() => {
+            return Err((
+                "command".into(),
+                "a wasm workload runs its module; use args for its arguments".into(),
+            ));
+        }
+        _ => {}
+    }
+    if !container {
+        if workload.image.is_some() {
+            return not_for("image", "image");
+        }
+        if !workload.image_pull_policy.is_default() {
+            return not_for("imagePullPolicy", "imagePullPolicy");
+        }
+        if workload.image_artifact.is_some() {
+            return not_for("imageArtifact", "imageArtifact");
+        }
+        if !workload.network.is_default() {
+            return not_for("network", "network");
+        }
+        if !workload.ports.is_empty() {
+            return not_for("ports", "ports");
+        }
+    }
+    if !wasm && workload.module.is_some() {
+        return not_for("module", "module");
+    }
+    if !wasm && workload.resources.fuel.is_some() {
+        return not_for("resources.fuel", "fuel");
+    }
+    if runtime == Runtime::Process {
+        if !workload.volumes.is_empty() {
+            return not_for("volumes", "volumes");
+        }
+        if !workload.resources.is_empty() {
+            return not_for("resources", "resources");
+        }
+    }
+    if let Some(image) = &workload.image
+        && (image.chars().any(char::is_whitespace) || image.contains('\0'))
+    {
+        return Err(("image".into(), format!("invalid image reference {image:?}")));
+    }
+    if !workload.ports.is_empty() && workload.network != NetworkMode::Bridge {
+        return Err((
+            "ports".into(),
+            format!(
+                "ports are published only with network: bridge (this workload uses network: {}, where the container already shares the node's ports or has none)",
+                workload.network.as_str()
+            ),
+        ));
+    }
+    let mut host_ports = BTreeSet::new();
+    for (i, port) in workload.ports.iter().enumerate() {
+        if port.container_port == 0 || port.host_port == Some(0) {
+            return Err((format!("ports[{i}]"), "port 0 is not a port".into()));
+        }
+        let host = port.host_port.unwrap_or(port.container_port);
+        if !host_ports.insert((host, port.protocol.as_str())) {
+            return Err((
+                format!("ports[{i}].hostPort"),
+                format!(
+                    "host port {host}/{} is published twice",
+                    port.protocol.as_str()
+                ),
+            ));
+        }
+        if let Some(ip) = &port.host_ip
+            && ip.parse::<std::net::IpAddr>().is_err()
+        {
+            return Err((
+                format!("ports[{i}].hostIp"),
+                format!("{ip:?} is not an IP address"),
+            ));
+        }
+    }
+    let mut targets = BTreeSet::new();
+    for (i, volume) in workload.volumes.iter().enumerate() {
+        if volume.source.trim().is_empty() {
+            return Err((format!("volumes[{i}].source"), "source is empty".into()));
+        }
+        if wasm && !volume.source.starts_with('/') {
+            return Err((
+                format!("volumes[{i}].source"),
+                format!(
+                    "{:?}: a wasm workload can only be given host directories (absolute paths)",
+                    volume.source
+                ),
+            ));
+        }
+        if !volume.target.starts_with('/') {
+            return Err((
+                format!("volumes[{i}].target"),
+                format!("target {:?} must be an absolute path", volume.target),
+            ));
+        }
+        if !targets.insert(volume.target.as_str()) {
+            return Err((
+                format!("volumes[{i}].target"),
+                format!("two volumes are mounted at {:?}", volume.target),
+            ));
+        }
+        if !workload.files.is_empty() && volume.target == edgefleet_wire::workload::FILES_MOUNT_PATH
+        {
+            return Err((
+                format!("volumes[{i}].target"),
+                format!(
+                    "{} is where the workload's files are mounted",
+                    edgefleet_wire::workload::FILES_MOUNT_PATH
+                ),
+            ));
+        }
+    }
+    if let Some(memory) = workload.resources.memory
+        && memory.0 < 1 << 20
+    {
+        return Err((
+            "resources.memory".into(),
+            format!("a memory limit of {memory} is below the minimum of 1Mi"),
+        ));
+    }
+    if workload.resources.fuel == Some(0) {
+        return Err(("resources.fuel".into(), "fuel must be more than 0".into()));
+    }
+    for (name, probe) in [
+        ("livenessProbe", &workload.liveness_probe),
+        ("readinessProbe", &workload.readiness_probe),
+    ] {
+        if let Some(probe) = probe {
+            crate::probe::validate(probe).map_err(|(sub, message)| {
+                let path = if sub.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{name}.{sub}")
+                };
+                (path, message)
+            })?;
+        }
+    }
+    let facts_shape = serde_json::to_value(edgefleet_wire::node::NodeFacts::default())
+        .unwrap_or(serde_json::Value::Null);
+    crate::template::check_files(&workload.files, &facts_shape)
+        .map_err(|(i, e)| (format!("files[{i}].{}", e.field), e.message))?;
+    Ok(())
 }
 
 /// Checks a maintenance window beyond its shape. The error is `(field path, message)`.
@@ -778,6 +964,92 @@ spec:
             let e = err(&text);
             assert_eq!(e.field.as_deref(), Some(field), "{e}");
         }
+    }
+
+    const RUNTIMES: &str = r#"
+apiVersion: edgefleet.io/v1
+kind: Deployment
+metadata:
+  name: mixed
+spec:
+  workloads:
+    - name: web
+      runtime: container
+      image: busybox:1.36
+      imagePullPolicy: always
+      network: bridge
+      ports:
+        - containerPort: 80
+          hostPort: 8080
+      volumes:
+        - source: /srv/data
+          target: /data
+          readOnly: true
+        - source: cache
+          target: /cache
+      resources:
+        cpus: 0.5
+        memory: 64Mi
+      livenessProbe:
+        httpGet:
+          port: 8080
+          path: /healthz
+        period: 5s
+      readinessProbe:
+        tcpSocket:
+          port: 8080
+      files:
+        - path: conf/site.conf
+          content: 'site={{ node.labels.site | default "lab" }}'
+          mode: "0600"
+    - name: filter
+      runtime: wasm
+      module: filter@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+      args: ["--level", "2"]
+      resources:
+        memory: 16Mi
+        fuel: 1000000
+"#;
+
+    #[test]
+    fn container_and_wasm_workloads_parse() {
+        let docs = parse("f.yaml", RUNTIMES).unwrap();
+        let web = &docs[0].spec.workloads[0];
+        assert_eq!(web.runtime, Runtime::Container);
+        assert_eq!(web.ports[0].host_port, Some(8080));
+        assert_eq!(web.resources.memory.map(|m| m.0), Some(64 << 20));
+        assert!(web.liveness_probe.is_some());
+        let filter = &docs[0].spec.workloads[1];
+        assert_eq!(
+            filter.module.as_ref().map(|m| m.name.as_str()),
+            Some("filter")
+        );
+    }
+
+    #[test]
+    fn runtime_fields_are_checked_with_the_field_named() {
+        let cases = [
+            (RUNTIMES.replace("      image: busybox:1.36\n", ""), "spec.workloads[0].image"),
+            (RUNTIMES.replace("network: bridge", "network: host"), "spec.workloads[0].ports"),
+            (RUNTIMES.replace("target: /cache", "target: cache"), "spec.workloads[0].volumes[1].target"),
+            (RUNTIMES.replace("target: /cache", "target: /data"), "spec.workloads[0].volumes[1].target"),
+            (RUNTIMES.replace("memory: 64Mi", "memory: 1000"), "spec.workloads[0].resources.memory"),
+            (RUNTIMES.replace("path: /healthz", "path: healthz"), "spec.workloads[0].livenessProbe.httpGet.path"),
+            (RUNTIMES.replace("path: conf/site.conf", "path: /etc/site.conf"), "spec.workloads[0].files[0].path"),
+            (RUNTIMES.replace("node.labels.site", "node.site"), "spec.workloads[0].files[0].content"),
+            (RUNTIMES.replace("mode: \"0600\"", "mode: \"rw\""), "spec.workloads[0].files[0].mode"),
+            (RUNTIMES.replace("      runtime: wasm\n      module: filter@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n", "      runtime: wasm\n"), "spec.workloads[1].module"),
+            (RUNTIMES.replace("      runtime: wasm\n", "      runtime: process\n      command: /bin/x\n"), "spec.workloads[1].module"),
+            (RUNTIMES.replace("runtime: container", "runtime: process\n      command: /bin/x"), "spec.workloads[0].image"),
+        ];
+        for (text, field) in cases {
+            assert_ne!(text, RUNTIMES, "the case for {field} changed nothing");
+            let e = err(&text);
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        }
+        // A malformed artifact reference is a parse error naming the problem.
+        let e = err(&RUNTIMES.replace("filter@sha256:", "filter@md5:"));
+        assert!(e.message.contains("sha256"), "{e}");
     }
 
     #[test]

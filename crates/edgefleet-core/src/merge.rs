@@ -98,6 +98,12 @@ pub fn merge_for_node(labels: &Labels, deployments: &[DeploymentRef<'_>]) -> Nod
                 deployment: deployment.name.to_owned(),
                 revision: deployment.revision.to_owned(),
                 spec_hash: workload_hash(&spec),
+                // Files are rendered on the node, with its labels.
+                labels: if spec.files.is_empty() {
+                    Labels::new()
+                } else {
+                    labels.clone()
+                },
                 spec,
                 rolled_back: false,
             }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use edgefleet_wire::DurationSpec;
+use edgefleet_wire::workload::ByteSize;
 
 /// Everything `Server::start` needs. Every flag is also readable from an `EDGEFLEET_*`
 /// environment variable.
@@ -32,6 +33,9 @@ pub struct ServerArgs {
     /// Largest request body accepted, in bytes
     #[arg(long, env = "EDGEFLEET_MAX_BODY_BYTES", default_value_t = 1048576)]
     pub max_body_bytes: usize,
+    /// Largest artifact accepted by `POST /v1/artifacts` (512Mi, 8Gi, 10G, ...)
+    #[arg(long, env = "EDGEFLEET_MAX_ARTIFACT_SIZE", default_value = "8Gi")]
+    pub max_artifact_size: ByteSize,
 }
 
 impl ServerArgs {
@@ -45,6 +49,7 @@ impl ServerArgs {
             node_cert_validity: DurationSpec::from_secs(7 * 86_400),
             not_ready_after: DurationSpec::from_secs(45),
             max_body_bytes: 1_048_576,
+            max_artifact_size: ByteSize(8 << 30),
         }
     }
 }
@@ -70,6 +75,7 @@ mod tests {
         assert_eq!(parsed.node_cert_validity, built.node_cert_validity);
         assert_eq!(parsed.not_ready_after, built.not_ready_after);
         assert_eq!(parsed.max_body_bytes, built.max_body_bytes);
+        assert_eq!(parsed.max_artifact_size, built.max_artifact_size);
         let sans = Cli::try_parse_from(["edgefleet", "--san", "a.example,10.0.0.1", "--san", "b"])
             .unwrap()
             .args

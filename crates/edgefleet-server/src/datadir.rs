@@ -78,6 +78,33 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
+/// Where artifact contents live, one file per SHA-256: `<data dir>/artifacts/sha256/<hex>`.
+pub const ARTIFACTS_DIR: &str = "artifacts/sha256";
+/// Uploads in progress are written next to the contents under this prefix, then renamed.
+pub const ARTIFACT_UPLOAD_PREFIX: &str = ".upload-";
+
+/// Creates the artifacts directory and deletes uploads a crash interrupted (their content
+/// was never acknowledged, so nothing accepted is lost).
+pub fn prepare_artifacts_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join(ARTIFACTS_DIR);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the artifacts directory {}", dir.display()))?;
+    let entries = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading the artifacts directory {}", dir.display()))?;
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(ARTIFACT_UPLOAD_PREFIX)
+        {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the interrupted upload {}", path.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
 fn read_optional(path: &Path) -> anyhow::Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),

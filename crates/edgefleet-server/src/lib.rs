@@ -33,6 +33,7 @@ mod planner;
 mod routes;
 mod serve;
 mod server;
+mod sessions;
 mod state;
 mod status;
 pub mod store;

@@ -12,7 +12,9 @@ use edgefleet_wire::api::Role;
 
 use crate::auth;
 use crate::error::ApiError;
-use crate::handlers::{agent, deployments, meta, nodes, plan, rollouts, tokens, windows};
+use crate::handlers::{
+    agent, artifacts, deployments, meta, nodes, plan, rollouts, sessions, tokens, windows,
+};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +194,25 @@ pub fn table() -> Vec<RouteSpec> {
         ),
         route(
             Get,
+            "/v1/agent/sessions",
+            "Sessions operators opened for the calling node (logs); long-polls with wait_seconds",
+            Node,
+            None,
+            "SessionPoll",
+            |m| on(m, sessions::poll),
+        )
+        .with_query(&["wait_seconds"]),
+        route(
+            Post,
+            "/v1/agent/sessions/{id}",
+            "Answer a session: a streamed body of JSON lines, relayed to its operator as it arrives",
+            Node,
+            Some("LogFrame"),
+            "Ack",
+            |m| on(m, sessions::upload),
+        ),
+        route(
+            Get,
             "/v1/nodes",
             "List nodes, optionally filtered by ?selector=",
             Token(Viewer),
@@ -231,6 +252,16 @@ pub fn table() -> Vec<RouteSpec> {
             |m| on(m, nodes::events),
         )
         .with_query(&["limit"]),
+        route(
+            Get,
+            "/v1/nodes/{name}/workloads/{workload}/logs",
+            "A workload's output from its node, as JSON lines (application/x-ndjson); 504 when the node does not answer",
+            Token(Viewer),
+            None,
+            "LogFrame",
+            |m| on(m, sessions::logs),
+        )
+        .with_query(&["follow", "since", "tail"]),
         route(
             Get,
             "/v1/explain/nodes/{name}",
@@ -390,6 +421,43 @@ pub fn table() -> Vec<RouteSpec> {
             |m| on(m, tokens::audit),
         )
         .with_query(&["limit"]),
+        route(
+            Post,
+            "/v1/artifacts",
+            "Store an artifact version: the raw body, hashed with SHA-256 (?name=; header x-edgefleet-sha256 to check it)",
+            Token(Operator),
+            Some("bytes"),
+            "ArtifactInfo",
+            |m| on(m, artifacts::push),
+        )
+        .with_query(&["name"]),
+        route(
+            Get,
+            "/v1/artifacts",
+            "List artifact versions and the deployments that use them",
+            Token(Viewer),
+            None,
+            "ArtifactList",
+            |m| on(m, artifacts::list),
+        ),
+        route(
+            Delete,
+            "/v1/artifacts/{name}",
+            "Delete every version of an artifact (NAME) or one (NAME@sha256:DIGEST); refused while a deployment uses it",
+            Token(Operator),
+            None,
+            "ArtifactRemoval",
+            |m| on(m, artifacts::delete),
+        ),
+        route(
+            Get,
+            "/v1/agent/artifacts/{name}",
+            "Download an artifact (NAME@sha256:DIGEST); single byte ranges",
+            Node,
+            None,
+            "bytes",
+            |m| on(m, artifacts::download),
+        ),
     ]
 }
 
@@ -421,6 +489,8 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Limits body extractors only: artifact uploads read the raw `Body` and are held to
+        // --max-artifact-size instead.
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
 }
@@ -468,7 +538,9 @@ mod tests {
     }
 
     fn concrete(path: &str) -> String {
-        path.replace("{name}", "x").replace("{id}", "x")
+        path.replace("{name}", "x")
+            .replace("{id}", "x")
+            .replace("{workload}", "x")
     }
 
     #[tokio::test]

@@ -109,6 +109,8 @@ impl Server {
             node_cert_validity: args.node_cert_validity.as_duration(),
             not_ready_after: args.not_ready_after.as_duration(),
             max_body_bytes: args.max_body_bytes,
+            artifacts_dir: datadir::prepare_artifacts_dir(&info.data_dir)?,
+            max_artifact_bytes: args.max_artifact_size.0,
         };
         let state = AppState::new(store, pki.ca, settings, stopping_rx);
         // Startup is a reconcile like any other: rollouts resume where they were, and
@@ -176,6 +178,9 @@ fn check_args(args: &ServerArgs) -> anyhow::Result<()> {
     }
     if args.max_body_bytes == 0 {
         bail!("--max-body-bytes must be at least 1");
+    }
+    if args.max_artifact_size.0 == 0 {
+        bail!("--max-artifact-size must be at least 1 byte");
     }
     Ok(())
 }

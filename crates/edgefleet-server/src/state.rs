@@ -27,8 +27,12 @@ pub struct Shared {
     pub not_ready_after: Duration,
     pub max_body_bytes: usize,
     pub controller: Controller,
+    /// Artifact contents on disk and the upload limit.
+    pub artifacts: crate::handlers::artifacts::Blobs,
     /// Becomes true when the server shuts down; long polls end on it.
     pub shutdown: watch::Receiver<bool>,
+    /// Operators' sessions waiting for or relayed from agents (logs).
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
 pub struct Settings {
@@ -37,6 +41,8 @@ pub struct Settings {
     pub node_cert_validity: Duration,
     pub not_ready_after: Duration,
     pub max_body_bytes: usize,
+    pub artifacts_dir: std::path::PathBuf,
+    pub max_artifact_bytes: u64,
 }
 
 impl AppState {
@@ -55,7 +61,12 @@ impl AppState {
             node_cert_validity: settings.node_cert_validity,
             not_ready_after: settings.not_ready_after,
             max_body_bytes: settings.max_body_bytes,
+            artifacts: crate::handlers::artifacts::Blobs::new(
+                settings.artifacts_dir,
+                settings.max_artifact_bytes,
+            ),
             shutdown,
+            sessions: Arc::new(crate::sessions::Sessions::new()),
         }))
     }
 
@@ -119,6 +130,8 @@ pub mod testing {
             node_cert_validity: Duration::from_secs(3600),
             not_ready_after: Duration::from_secs(45),
             max_body_bytes: 1024,
+            artifacts_dir: dir.path().join("artifacts"),
+            max_artifact_bytes: 1 << 20,
         };
         let (stopping, stopping_rx) = watch::channel(false);
         (

@@ -352,6 +352,9 @@ mod tests {
                         last_exit_code: *code,
                         started_at: None,
                         message: None,
+                        ready: None,
+                        runtime: None,
+                        container_id: None,
                     }
                 })
                 .collect(),

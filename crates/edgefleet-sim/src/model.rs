@@ -79,6 +79,9 @@ impl SimWorkload {
             last_exit_code,
             started_at,
             message,
+            ready: None,
+            runtime: None,
+            container_id: None,
         }
     }
 }
@@ -517,6 +520,7 @@ mod tests {
             spec_hash: hash.into(),
             spec,
             rolled_back: false,
+            labels: Default::default(),
         }
     }
 

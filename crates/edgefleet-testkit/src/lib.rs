@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod docker;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -15,11 +15,14 @@
 //! | PUT  /v1/agent/facts                     | node     | `NodeFacts` → `Ack`                    |
 //! | POST /v1/agent/heartbeat                 | node     | `Heartbeat` → `Ack`                    |
 //! | POST /v1/agent/events                    | node     | `node::EventBatch` → `node::EventsAck` |
+//! | GET  /v1/agent/sessions?wait_seconds=S   | node     | → `session::SessionPoll` (empty after S)  |
+//! | POST /v1/agent/sessions/{id}             | node     | streamed JSON lines of `session::LogFrame` → `Ack` (ended early when the operator leaves) |
 //! | GET  /v1/nodes?selector=S                | viewer   | → `Vec<NodeSummary>`                   |
 //! | GET  /v1/nodes/{name}                    | viewer   | → `NodeDetail`                         |
 //! | PATCH /v1/nodes/{name}/labels            | operator | `LabelChange` → `NodeSummary`          |
 //! | POST /v1/nodes/{name}/revoke             | admin    | → `NodeSummary`                        |
 //! | GET  /v1/nodes/{name}/events?limit=N     | viewer   | → `Vec<node::StoredNodeEvent>` (newest first) |
+//! | GET  /v1/nodes/{name}/workloads/{workload}/logs?follow=B&since=T&tail=N | viewer | → JSON lines of `session::LogFrame` (`application/x-ndjson`), relayed from the node's agent; 504 when it does not answer within 10 s |
 //! | GET  /v1/explain/nodes/{name}?deployment=D | viewer | → `plan::Explanation`                  |
 //! | GET  /v1/deployments                     | viewer   | → `Vec<DeploymentSummary>`             |
 //! | GET  /v1/deployments/{name}              | viewer   | → `DeploymentDetail`                   |
@@ -39,6 +42,10 @@
 //! | POST /v1/api-tokens                      | admin    | `CreateApiToken` → `CreatedApiToken`   |
 //! | DELETE /v1/api-tokens/{id}               | admin    | → `Ack`                                |
 //! | GET  /v1/audit?limit=N                   | viewer   | → `Vec<AuditEntry>`                    |
+//! | POST /v1/artifacts?name=NAME             | operator | raw content (header `x-edgefleet-sha256`) → `artifact::ArtifactInfo` (201 new, 200 already there) |
+//! | GET  /v1/artifacts                       | viewer   | → `artifact::ArtifactList`             |
+//! | DELETE /v1/artifacts/{NAME or NAME@sha256:DIGEST} | operator | → `artifact::ArtifactRemoval` (409 while referenced) |
+//! | GET  /v1/agent/artifacts/{NAME@sha256:DIGEST} | node | → the content; `Range: bytes=N-` / `bytes=N-M` → 206, 416 |
 //!
 //! Every error is an `ErrorBody` with the matching HTTP status.
 
@@ -156,6 +163,11 @@ pub struct DesiredWorkload {
     /// rolled back; the agent's flight recorder notes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rolled_back: bool,
+    /// The node's labels, for rendering the workload's files; set only when the spec has
+    /// files, so a relabel changes the desired state of exactly the nodes whose files
+    /// depend on it.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 /// A node's desired state: the layered merge of every deployment that selects it.

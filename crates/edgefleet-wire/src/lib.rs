@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod artifact;
 pub mod duration;
 pub mod join;
 pub mod local;
@@ -15,6 +16,8 @@ pub mod manifest;
 pub mod node;
 pub mod plan;
 pub mod rollout;
+pub mod session;
+pub mod workload;
 
 pub use duration::DurationSpec;
 pub use join::JoinString;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::workload::*;
 use crate::{DurationSpec, Labels};
 
 /// One `kind: Deployment` document.
@@ -291,15 +292,20 @@ pub enum SelectorOperator {
     DoesNotExist,
 }
 
-/// One thing that runs on a node.
+/// One thing that runs on a node: a native process, a container or a WebAssembly module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadSpec {
     pub name: String,
+    /// Always serialised (unlike the fields added later), so revision hashes stay stable.
     #[serde(default)]
     pub runtime: Runtime,
-    /// The program to run (a path, or a name looked up in `PATH`).
+    /// `process`: the program to run (a path, or a name looked up in `PATH`); required.
+    /// `container`: replaces the image's entrypoint; empty keeps it.
+    /// `wasm`: unused (the module is the program).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
+    /// Arguments. For a container without `command`, they replace the image's `CMD`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -310,6 +316,40 @@ pub struct WorkloadSpec {
     pub restart_policy: RestartPolicy,
     #[serde(default = "default_stop_grace_period")]
     pub stop_grace_period: DurationSpec,
+    /// `container`: the image (`busybox:1.36`, `registry.example/app@sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `container`: when to pull `image`.
+    #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
+    pub image_pull_policy: PullPolicy,
+    /// `container`: an image archive (`docker save` output) hosted as an artifact, loaded
+    /// into the engine when `image` is missing, for nodes that cannot reach a registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_artifact: Option<ArtifactRef>,
+    /// `wasm`: the module, an artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<ArtifactRef>,
+    /// `container`: the network. Default `host`.
+    #[serde(default, skip_serializing_if = "NetworkMode::is_default")]
+    pub network: NetworkMode,
+    /// `container` on `network: bridge`: ports published on the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+    /// `container` and `wasm`: host paths and volumes made visible inside.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+    /// `container` and `wasm`: CPU, memory (and for wasm, fuel) limits.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// Restarts the workload when it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Reported as the workload's readiness; a rollout waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Files rendered on the node for this workload (see `FileSpec`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileSpec>,
 }
 
 impl WorkloadSpec {
@@ -324,7 +364,41 @@ impl WorkloadSpec {
             working_dir: None,
             restart_policy: RestartPolicy::default(),
             stop_grace_period: default_stop_grace_period(),
+            image: None,
+            image_pull_policy: PullPolicy::default(),
+            image_artifact: None,
+            module: None,
+            network: NetworkMode::default(),
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            resources: Resources::default(),
+            liveness_probe: None,
+            readiness_probe: None,
+            files: Vec::new(),
         }
+    }
+
+    /// A `container` workload running `image` with every other field at its default.
+    pub fn container(name: impl Into<String>, image: impl Into<String>) -> Self {
+        Self {
+            runtime: Runtime::Container,
+            image: Some(image.into()),
+            ..Self::process(name, "")
+        }
+    }
+
+    /// A `wasm` workload running `module` with every other field at its default.
+    pub fn wasm(name: impl Into<String>, module: ArtifactRef) -> Self {
+        Self {
+            runtime: Runtime::Wasm,
+            module: Some(module),
+            ..Self::process(name, "")
+        }
+    }
+
+    /// Every artifact the workload needs on the node.
+    pub fn artifacts(&self) -> impl Iterator<Item = &ArtifactRef> {
+        self.module.iter().chain(self.image_artifact.iter())
     }
 }
 
@@ -347,11 +421,30 @@ pub const fn default_stop_grace_period() -> DurationSpec {
     DurationSpec::from_secs(10)
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Runtime {
+    /// A native process in its own process group.
     #[default]
     Process,
+    /// A container, through the Docker Engine API (dockerd or Podman).
+    Container,
+    /// A WebAssembly (WASI) module run by the agent's embedded wasmtime.
+    Wasm,
+}
+
+impl Runtime {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Container => "container",
+            Self::Wasm => "wasm",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

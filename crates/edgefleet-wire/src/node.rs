@@ -122,9 +122,19 @@ pub struct WorkloadStatus {
     pub last_exit_code: Option<i32>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub started_at: Option<Timestamp>,
-    /// A human explanation for the state (why it failed to start, when the next restart is).
+    /// A human explanation for the state (why it failed to start, when the next restart is,
+    /// how far an image pull has got).
     #[serde(default)]
     pub message: Option<String>,
+    /// The readiness probe's verdict; `None` when the workload has no readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// The runtime running it (`process`, `container`, `wasm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Containers: the engine's container id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// Everything the agent reports about what it runs.

@@ -175,6 +175,19 @@ Examples:
         after_help = "Examples:\n  edgefleet events node edge-1\n  edgefleet events node edge-1 --limit 500 -o json"
     )]
     Events(EventsCommand),
+    /// Show a workload's output (stdout and stderr) from its node, or follow it live
+    #[command(after_help = "\
+Examples:
+  edgefleet logs edge-1 web                 # everything the node still keeps
+  edgefleet logs edge-1 web --tail 50 -f    # the last 50 lines, then new ones as they come
+  edgefleet logs edge-1 web --since 10m --timestamps
+  edgefleet logs edge-1 web --since 2026-11-26T16:00:00Z 2>/dev/null   # stdout only
+
+The workload's stdout lines go to stdout and its stderr lines to stderr, in the order it
+wrote them. The node keeps a bounded amount of output per workload (the agent's
+--log-max-bytes and --log-files); older lines are gone. The node must be online: the
+server asks its agent and relays the answer.")]
+    Logs(LogsArgs),
     /// List nodes, deployments, maintenance windows, join tokens or API tokens
     #[command(after_help = "\
 Examples:
@@ -224,6 +237,12 @@ Examples:
   edgefleet audit
   edgefleet audit --limit 200 -o json")]
     Audit(AuditArgs),
+    /// Push, list and delete artifacts (WebAssembly modules, image archives) workloads use
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  edgefleet artifact push app.wasm\n  edgefleet artifact list\n  edgefleet artifact rm app.wasm"
+    )]
+    Artifact(crate::artifact::ArtifactCommand),
     /// Print the version
     #[command(after_help = "Examples:\n  edgefleet version\n  edgefleet --version")]
     Version,
@@ -509,6 +528,27 @@ Examples:
         #[command(flatten)]
         output: OutputArgs,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// The node's name
+    pub node: String,
+    /// The workload's name, as in the deployment
+    pub workload: String,
+    /// Keep printing new lines as the workload writes them, until Ctrl-C
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines written since then: a duration back from now (10m, 2h, 1d) or an RFC 3339
+    /// time (2026-11-26T16:00:00Z)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<crate::logs::Since>,
+    /// Only the last N lines (of those --since selects)
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u64>,
+    /// Put each line's time (UTC, microseconds) in front of it
+    #[arg(long)]
+    pub timestamps: bool,
 }
 
 #[derive(Debug, Subcommand)]

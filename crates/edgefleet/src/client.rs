@@ -160,6 +160,48 @@ impl ApiClient {
         self.send(Method::DELETE, segments, &[], None::<&()>).await
     }
 
+    /// A GET whose body is read as it arrives, for as long as it runs (`edgefleet logs
+    /// -f`): only the response head must come within the usual request timeout. An error
+    /// status becomes a `ClientError` like for every other call.
+    pub async fn get_stream(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<reqwest::Response, ClientError> {
+        // The client's timeout covers the whole body; a stream has no end to time.
+        const NO_END: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        let url = self.url(segments, query);
+        let path = url.path().to_owned();
+        let mut request = self.http.get(url).timeout(NO_END);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
+            .await
+            .map_err(|_| ClientError::Timeout {
+                url: self.server().to_owned(),
+                seconds: REQUEST_TIMEOUT.as_secs(),
+            })?
+            .map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => ClientError::Api {
+                status: status.as_u16(),
+                body,
+            },
+            Err(_) => ClientError::Http {
+                method: Method::GET,
+                path,
+                status: status.as_u16(),
+                text: snippet(&bytes),
+            },
+        })
+    }
+
     async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -167,15 +209,29 @@ impl ApiClient {
         query: &[(&str, String)],
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        self.send_with(method, segments, query, |request| match body {
+            Some(body) => request.json(body),
+            None => request,
+        })
+        .await
+    }
+
+    /// A call whose request `finish` completes (a streamed body, its own timeout, extra
+    /// headers), with the JSON answer and the errors of every other call.
+    pub async fn send_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        finish: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let url = self.url(segments, query);
         let path = url.path().to_owned();
         let mut request = self.http.request(method.clone(), url.clone());
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        request = finish(request);
         let response = request.send().await.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let bytes = response

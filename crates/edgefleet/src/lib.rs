@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod artifact;
 pub mod children;
 pub mod cli;
 pub mod client;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod explain;
 pub mod human;
 pub mod login;
+pub mod logs;
 pub mod output;
 pub mod plan;
 pub mod quickstart;
@@ -130,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout(command) => rollout::run(&commands::connect(&global)?, &command).await,
         Command::Explain(command) => explain::run(&commands::connect(&global)?, &command).await,
         Command::Events(command) => commands::events(&commands::connect(&global)?, &command).await,
+        Command::Logs(args) => logs::run(&commands::connect(&global)?, &args).await,
         Command::Get(args) => commands::get(&commands::connect(&global)?, &args).await,
         Command::Describe(command) => {
             commands::describe(&commands::connect(&global)?, &command).await
@@ -142,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node(command) => commands::node(&commands::connect(&global)?, &command).await,
         Command::Audit(args) => commands::audit(&commands::connect(&global)?, &args).await,
+        Command::Artifact(command) => artifact::run(&commands::connect(&global)?, &command).await,
     }
 }
 

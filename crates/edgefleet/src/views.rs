@@ -465,18 +465,36 @@ fn node_workloads_section(
     let mut table = Table::new([
         "NAME",
         "DEPLOYMENT",
+        "RUNTIME",
         "STATE",
+        "READY",
         "PID",
         "RESTARTS",
         "LAST-EXIT",
         "STARTED",
         "MESSAGE",
     ]);
+    let runtime_of = |name: &str| {
+        desired
+            .iter()
+            .find(|w| w.spec.name == name)
+            .map(|w| w.spec.runtime.as_str().to_owned())
+    };
     let status_row = |status: &WorkloadStatus, message: Option<&str>| -> Vec<String> {
         vec![
             status.name.clone(),
             status.deployment.clone(),
+            status
+                .runtime
+                .clone()
+                .or_else(|| runtime_of(&status.name))
+                .unwrap_or_else(|| "-".into()),
             status.state.as_str().to_owned(),
+            match status.ready {
+                Some(true) => "yes".into(),
+                Some(false) => "no".into(),
+                None => "-".into(),
+            },
             or_dash(status.pid),
             status.restarts.to_string(),
             or_dash(status.last_exit_code),
@@ -500,6 +518,8 @@ fn node_workloads_section(
                 table.row([
                     workload.spec.name.clone(),
                     workload.deployment.clone(),
+                    workload.spec.runtime.as_str().to_owned(),
+                    "-".into(),
                     "-".into(),
                     "-".into(),
                     "-".into(),
@@ -531,9 +551,19 @@ fn recent_changes_section(entries: &[AuditEntry], now: OffsetDateTime) -> String
     section("Recent changes", &table)
 }
 
-/// `command arg 'arg with spaces'`, cut to 60 characters for tables.
+/// `command arg 'arg with spaces'` (for a container its image first, for a module the
+/// module), cut to 60 characters for tables.
 pub fn command_line(spec: &WorkloadSpec) -> String {
-    let mut words = vec![shell_word(&spec.command)];
+    let mut words = Vec::new();
+    if let Some(image) = &spec.image {
+        words.push(shell_word(image));
+    }
+    if let Some(module) = &spec.module {
+        words.push(shell_word(&module.to_string()));
+    }
+    if !spec.command.is_empty() || words.is_empty() {
+        words.push(shell_word(&spec.command));
+    }
     words.extend(spec.args.iter().map(|a| shell_word(a)));
     let line = words.join(" ");
     match line.char_indices().nth(57) {
@@ -686,14 +716,9 @@ mod tests {
 
     fn workload(name: &str) -> WorkloadSpec {
         WorkloadSpec {
-            name: name.into(),
-            runtime: Default::default(),
-            command: "/bin/sh".into(),
             args: vec!["-c".into(), "echo hi; sleep 5".into()],
-            env: Default::default(),
-            working_dir: None,
-            restart_policy: Default::default(),
             stop_grace_period: "5s".parse().unwrap(),
+            ..WorkloadSpec::process(name, "/bin/sh")
         }
     }
 
@@ -920,6 +945,9 @@ mod tests {
             last_exit_code: Some(1),
             started_at: Some(datetime!(2025-03-01 11:55:00 UTC)),
             message: None,
+            ready: None,
+            runtime: None,
+            container_id: None,
         };
         let old = WorkloadStatus {
             name: "legacy".into(),
@@ -968,6 +996,7 @@ mod tests {
                         spec_hash: "h1".into(),
                         spec: spec.clone(),
                         rolled_back: false,
+                        labels: Default::default(),
                     },
                     DesiredWorkload {
                         deployment: "base".into(),
@@ -975,6 +1004,7 @@ mod tests {
                         spec_hash: "h2".into(),
                         spec: workload("ticker"),
                         rolled_back: false,
+                        labels: Default::default(),
                     },
                 ],
             },
@@ -1026,10 +1056,10 @@ Facts:
   Accelerators: <none>
 
 Workloads:
-  NAME      DEPLOYMENT   STATE     PID    RESTARTS   LAST-EXIT   STARTED   MESSAGE
-  greeter   base         running   4242   1          1           5m
-  ticker    base         -         -      -          -           -         not reported yet
-  legacy    base         stopped   -      1          -           -         no longer desired
+  NAME      DEPLOYMENT   RUNTIME   STATE     READY   PID    RESTARTS   LAST-EXIT   STARTED   MESSAGE
+  greeter   base         process   running   -       4242   1          1           5m
+  ticker    base         process   -         -       -      -          -           -         not reported yet
+  legacy    base         -         stopped   -       -      1          -           -         no longer desired
 
 Conflicts: <none>
 

@@ -4,40 +4,36 @@
 //! it (SIGTERM) or killing it (SIGKILL) reaches its children and grandchildren too, and
 //! when the main process exits whatever it left in its group is killed with it: nothing a
 //! workload started outlives it, and a restart never finds the previous instance's helpers
-//! still running. stdin is /dev/null; stdout and stderr go to rotating files under
-//! `logs/<workload>/`. Each instance gets a pid file (see `pidfile`).
+//! still running. stdin is /dev/null; stdout and stderr go to the workload's log (see
+//! `logs`: rotating files under `logs/<workload>/`). Each instance gets a pid file (see `pidfile`).
 
 use std::collections::HashMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use edgefleet_core::labels::validate_name;
 use edgefleet_core::supervisor::Event;
 use edgefleet_wire::manifest::WorkloadSpec;
+use edgefleet_wire::session::LogStream;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::logs::RotatingLog;
-use super::{EventSender, Runtime, pidfile};
+use super::logs::{LogRegistry, WorkloadLogs};
+use super::{EventSender, Launch, Runtime, pidfile};
 
-/// Where the process runtime keeps its files, and how big logs may grow.
+/// Where the process runtime keeps its files and writes its workloads' output.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
     /// Holds `<workload>.pid`.
     pub run_dir: PathBuf,
-    /// Holds `<workload>/stdout.log` and `stderr.log`.
-    pub logs_dir: PathBuf,
-    pub log_max_bytes: u64,
-    /// Rotated files kept per stream (`.1` ..= `.N`).
-    pub log_files: u32,
+    /// The agent's workload logs, shared with the other runtimes and with `edgefleet logs`.
+    pub logs: LogRegistry,
 }
-
-type SharedLog = Arc<Mutex<RotatingLog>>;
 
 #[derive(Debug)]
 struct Live {
@@ -52,10 +48,6 @@ pub struct ProcessRuntime {
     config: Arc<ProcessConfig>,
     events: EventSender,
     live: HashMap<String, Live>,
-    /// Open log files by (workload, stream), shared by the instances writing to them so a
-    /// late writer of a previous instance and a new instance never rotate the same file
-    /// independently. Weak: a file closes when nothing writes to it any more.
-    logs: HashMap<(String, &'static str), Weak<Mutex<RotatingLog>>>,
     /// Wait and log tasks. Owned so that dropping the runtime (the agent going away
     /// without a shutdown) ends them: the processes live on, their pid files untouched,
     /// for the next agent to find.
@@ -68,56 +60,28 @@ impl ProcessRuntime {
             config: Arc::new(config),
             events,
             live: HashMap::new(),
-            logs: HashMap::new(),
             tasks: JoinSet::new(),
         }
     }
 
-    fn log(&mut self, name: &str, stream: &'static str) -> Option<SharedLog> {
-        let key = (name.to_owned(), stream);
-        if let Some(log) = self.logs.get(&key).and_then(Weak::upgrade) {
-            return Some(log);
-        }
-        let dir = self.config.logs_dir.join(name);
-        let path = dir.join(format!("{stream}.log"));
-        let opened = std::fs::create_dir_all(&dir).and_then(|()| {
-            RotatingLog::open(&path, self.config.log_max_bytes, self.config.log_files)
-        });
-        match opened {
-            Ok(log) => {
-                let log = Arc::new(Mutex::new(log));
-                self.logs.insert(key, Arc::downgrade(&log));
-                Some(log)
-            }
-            Err(error) => {
-                // Running without a log beats not running: the workload's output is lost,
-                // not the workload.
-                warn!(%error, workload = name, path = %path.display(), "cannot open workload log; discarding its output");
-                None
-            }
-        }
-    }
-
-    fn spawn(&mut self, name: &str, instance: u64, spec: &WorkloadSpec) -> Result<(), String> {
+    fn spawn(&mut self, name: &str, instance: u64, launch: &Launch) -> Result<(), String> {
+        let spec = &launch.spec;
         validate_name(name)
             .map_err(|reason| format!("invalid workload name {name:?}: {reason}"))?;
-        let stdout_log = self.log(name, "stdout");
-        let stderr_log = self.log(name, "stderr");
+        let logs = self.config.logs.workload(name);
         let mut command = std::process::Command::new(&spec.command);
         command
             .args(&spec.args)
             .envs(&spec.env)
+            .envs(
+                launch
+                    .files_dir
+                    .iter()
+                    .map(|dir| (edgefleet_wire::workload::FILES_DIR_ENV, dir.as_os_str())),
+            )
             .stdin(Stdio::null())
-            .stdout(if stdout_log.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(if stderr_log.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .process_group(0);
         if let Some(dir) = &spec.working_dir {
             command.current_dir(dir);
@@ -151,15 +115,15 @@ impl ProcessRuntime {
         let _ = self.events.send(Event::Started {
             name: name.to_owned(),
             instance,
-            pid,
+            pid: Some(pid),
             at: time::OffsetDateTime::now_utc(),
         });
         while self.tasks.try_join_next().is_some() {}
-        if let (Some(out), Some(log)) = (child.stdout.take(), stdout_log) {
-            self.tasks.spawn(pump(out, log));
+        if let Some(out) = child.stdout.take() {
+            self.tasks.spawn(pump(out, logs.clone(), LogStream::Stdout));
         }
-        if let (Some(err), Some(log)) = (child.stderr.take(), stderr_log) {
-            self.tasks.spawn(pump(err, log));
+        if let Some(err) = child.stderr.take() {
+            self.tasks.spawn(pump(err, logs, LogStream::Stderr));
         }
         self.tasks.spawn(wait(
             child,
@@ -175,23 +139,27 @@ impl ProcessRuntime {
         Ok(())
     }
 
-    fn signal(&self, name: &str, instance: u64, pid: u32, signal: Signal) {
+    fn signal(&self, name: &str, instance: u64, signal: Signal) {
         match self.live.get(name) {
-            Some(live)
-                if live.instance == instance
-                    && live.pid == pid
-                    && !live.reaped.load(Ordering::Acquire) =>
-            {
-                pidfile::signal_group(pid, signal);
+            Some(live) if live.instance == instance && !live.reaped.load(Ordering::Acquire) => {
+                pidfile::signal_group(live.pid, signal);
             }
-            _ => debug!(workload = name, instance, pid, %signal, "not signalling: already exited"),
+            _ => debug!(workload = name, instance, %signal, "not signalling: already exited"),
         }
     }
 }
 
 impl Runtime for ProcessRuntime {
-    fn start(&mut self, name: &str, instance: u64, spec: &WorkloadSpec) {
-        if let Err(error) = self.spawn(name, instance, spec) {
+    /// A process needs nothing but its program, which is looked for when it starts.
+    fn prepare(&mut self, name: &str, instance: u64, _launch: &Launch) {
+        let _ = self.events.send(Event::Prepared {
+            name: name.to_owned(),
+            instance,
+        });
+    }
+
+    fn start(&mut self, name: &str, instance: u64, launch: &Launch) {
+        if let Err(error) = self.spawn(name, instance, launch) {
             let _ = self.events.send(Event::StartFailed {
                 name: name.to_owned(),
                 instance,
@@ -200,12 +168,12 @@ impl Runtime for ProcessRuntime {
         }
     }
 
-    fn stop(&mut self, name: &str, instance: u64, pid: u32) {
-        self.signal(name, instance, pid, Signal::SIGTERM);
+    fn stop(&mut self, name: &str, instance: u64) {
+        self.signal(name, instance, Signal::SIGTERM);
     }
 
-    fn kill(&mut self, name: &str, instance: u64, pid: u32) {
-        self.signal(name, instance, pid, Signal::SIGKILL);
+    fn kill(&mut self, name: &str, instance: u64) {
+        self.signal(name, instance, Signal::SIGKILL);
     }
 }
 
@@ -216,26 +184,17 @@ fn describe_spawn_error(spec: &WorkloadSpec, error: &std::io::Error) -> String {
     }
 }
 
-/// Copies a workload's output into its log. Keeps reading when the log cannot be written
-/// (disk full): a workload blocked on a full pipe would hang.
-async fn pump(mut reader: impl AsyncRead + Unpin, log: SharedLog) {
-    let mut buffer = [0u8; 4096];
-    let mut failing = false;
+/// Copies a workload's output into its log until the workload closes its end. Writing
+/// the log never fails or blocks (see `logs`), so the workload never hangs on a full pipe.
+async fn pump(mut reader: impl AsyncRead + Unpin, logs: WorkloadLogs, stream: LogStream) {
+    let mut buffer = [0u8; 8192];
     loop {
-        let n = match reader.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-        match log.write(&buffer[..n]) {
-            Ok(()) => failing = false,
-            Err(error) if !failing => {
-                failing = true;
-                warn!(%error, path = %log.path().display(), "cannot write workload log; discarding output");
-            }
-            Err(_) => {}
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => logs.write(stream, &buffer[..n]),
         }
     }
+    logs.flush(stream);
 }
 
 struct Exit {
@@ -265,5 +224,6 @@ async fn wait(mut child: tokio::process::Child, exit: Exit) {
         instance: exit.instance,
         code,
         signal,
+        reason: None,
     });
 }

@@ -24,6 +24,9 @@ pub fn agent_args(data_dir: &Path, join: Option<String>) -> AgentArgs {
         log_max_bytes: 65536,
         log_files: 2,
         events_max: 10_000,
+        // No engine on purpose: agents without containers must not need one.
+        container_socket: Some(data_dir.join("no-engine.sock")),
+        artifact_cache_max: "64Mi".parse().unwrap(),
     }
 }
 
@@ -95,6 +98,7 @@ pub fn desired(spec: WorkloadSpec) -> DesiredWorkload {
         spec_hash: format!("hash-of-{}-{}", spec.name, spec.args.join("-")),
         spec,
         rolled_back: false,
+        labels: Default::default(),
     }
 }
 

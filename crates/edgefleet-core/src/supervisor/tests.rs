@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use edgefleet_wire::api::DesiredWorkload;
 use edgefleet_wire::manifest::{RestartPolicy, WorkloadSpec};
-use edgefleet_wire::node::WorkloadState;
+use edgefleet_wire::node::{WorkloadState, WorkloadStatus};
 use proptest::prelude::*;
 
 use super::*;
@@ -19,6 +19,7 @@ fn desired(name: &str, command: &str, policy: RestartPolicy) -> DesiredWorkload 
         spec_hash: workload_hash(&spec),
         spec,
         rolled_back: false,
+        labels: Default::default(),
     }
 }
 
@@ -48,21 +49,25 @@ impl Harness {
     fn wall(&self) -> Timestamp {
         time::macros::datetime!(2026-01-01 0:00 UTC)
     }
-    /// Carries out effects like a shell whose starts always succeed.
+    /// Carries out effects like a shell whose preparations and starts always succeed.
     fn run(&mut self, effects: Vec<Effect>) -> Vec<Effect> {
         let mut out = effects.clone();
         for effect in effects {
-            if let Effect::Start { name, instance, .. } = effect {
-                self.next_pid += 1;
-                let ev = Event::Started {
-                    name,
-                    instance,
-                    pid: self.next_pid,
-                    at: self.wall(),
-                };
-                let more = self.sup.on_event(self.now, ev);
-                out.extend(self.run(more));
-            }
+            let ev = match effect {
+                Effect::Start { name, instance, .. } => {
+                    self.next_pid += 1;
+                    Event::Started {
+                        name,
+                        instance,
+                        pid: Some(self.next_pid),
+                        at: self.wall(),
+                    }
+                }
+                Effect::Prepare { name, instance, .. } => Event::Prepared { name, instance },
+                Effect::Stop { .. } | Effect::Kill { .. } => continue,
+            };
+            let more = self.sup.on_event(self.now, ev);
+            out.extend(self.run(more));
         }
         self.log.extend(out.clone());
         out
@@ -80,6 +85,7 @@ impl Harness {
                 instance,
                 code,
                 signal: None,
+                reason: None,
             },
         );
         self.run(e)
@@ -88,7 +94,7 @@ impl Harness {
         let e = self.sup.tick(self.now);
         self.run(e)
     }
-    fn instance(&self, name: &str) -> Option<(u64, u32)> {
+    fn instance(&self, name: &str) -> Option<(u64, Option<u32>)> {
         self.sup
             .running()
             .into_iter()
@@ -102,6 +108,27 @@ impl Harness {
             .find(|s| s.name == name)
             .map(|s| s.state)
     }
+}
+
+/// Sets `want` as the only desired workload and answers its preparation, without
+/// answering the start: returns the instance being started.
+fn start_effect(h: &mut Harness, want: DesiredWorkload) -> u64 {
+    let name = want.spec.name.clone();
+    let e = h.sup.set_desired(h.now, &[want]);
+    let [Effect::Prepare { instance, .. }] = e.as_slice() else {
+        panic!("{e:?}")
+    };
+    let e = h.sup.on_event(
+        h.now,
+        Event::Prepared {
+            name,
+            instance: *instance,
+        },
+    );
+    let [Effect::Start { instance, .. }] = e.as_slice() else {
+        panic!("{e:?}")
+    };
+    *instance
 }
 
 fn starts(effects: &[Effect]) -> usize {
@@ -132,14 +159,13 @@ fn starts_what_is_missing_and_leaves_unchanged_alone() {
 fn removal_stops_then_kills_after_grace() {
     let mut h = Harness::new();
     h.set(&[desired("a", "/bin/a", RestartPolicy::Always)]);
-    let (instance, pid) = h.instance("a").unwrap();
+    let (instance, _) = h.instance("a").unwrap();
     let e = h.set(&[]);
     assert_eq!(
         e,
         vec![Effect::Stop {
             name: "a".into(),
             instance,
-            pid
         }]
     );
     assert_eq!(h.state("a"), Some(WorkloadState::Stopped));
@@ -151,7 +177,6 @@ fn removal_stops_then_kills_after_grace() {
         vec![Effect::Kill {
             name: "a".into(),
             instance,
-            pid
         }]
     );
     // Only one SIGKILL.
@@ -168,7 +193,11 @@ fn change_replaces_after_old_one_exits() {
     h.set(&[desired("a", "/bin/a", RestartPolicy::Always)]);
     let (old_instance, _) = h.instance("a").unwrap();
     let e = h.set(&[desired("a", "/bin/a2", RestartPolicy::Always)]);
-    assert!(matches!(e.as_slice(), [Effect::Stop { .. }]));
+    // The new spec is prepared first, then the old instance is stopped.
+    assert!(
+        matches!(e.as_slice(), [Effect::Prepare { .. }, Effect::Stop { .. }]),
+        "{e:?}"
+    );
     let e = h.exit("a", Some(143));
     assert_eq!(starts(&e), 1);
     let (new_instance, _) = h.instance("a").unwrap();
@@ -244,12 +273,7 @@ fn rapid_exits_back_off_exponentially_and_show_a_crash_loop() {
 #[test]
 fn start_failure_is_retried_with_backoff() {
     let mut h = Harness::new();
-    let e = h
-        .sup
-        .set_desired(h.now, &[desired("a", "/nope", RestartPolicy::Always)]);
-    let Effect::Start { instance, .. } = e[0].clone() else {
-        panic!("{e:?}")
-    };
+    let instance = start_effect(&mut h, desired("a", "/nope", RestartPolicy::Always));
     let more = h.sup.on_event(
         h.now,
         Event::StartFailed {
@@ -282,6 +306,7 @@ fn stale_events_are_ignored() {
             instance: instance + 7,
             code: Some(1),
             signal: None,
+            reason: None,
         },
     );
     assert!(e.is_empty());
@@ -294,7 +319,8 @@ fn stale_events_are_ignored() {
                     name: "zz".into(),
                     instance: 1,
                     code: None,
-                    signal: None
+                    signal: None,
+                    reason: None,
                 }
             )
             .is_empty()
@@ -304,19 +330,14 @@ fn stale_events_are_ignored() {
 #[test]
 fn removed_while_starting_is_stopped_once_it_reports_in() {
     let mut h = Harness::new();
-    let e = h
-        .sup
-        .set_desired(h.now, &[desired("a", "/bin/a", RestartPolicy::Always)]);
-    let Effect::Start { instance, .. } = e[0].clone() else {
-        panic!()
-    };
+    let instance = start_effect(&mut h, desired("a", "/bin/a", RestartPolicy::Always));
     assert!(h.sup.set_desired(h.now, &[]).is_empty());
     let e = h.sup.on_event(
         h.now,
         Event::Started {
             name: "a".into(),
             instance,
-            pid: 9,
+            pid: Some(9),
             at: h.wall(),
         },
     );
@@ -325,9 +346,318 @@ fn removed_while_starting_is_stopped_once_it_reports_in() {
         vec![Effect::Stop {
             name: "a".into(),
             instance,
-            pid: 9
         }]
     );
+}
+
+fn status_of(h: &Harness, name: &str) -> WorkloadStatus {
+    h.sup
+        .status()
+        .into_iter()
+        .find(|s| s.name == name)
+        .expect("status")
+}
+
+/// Sets `desired` without answering anything.
+fn set_raw(h: &mut Harness, desired: &[DesiredWorkload]) -> Vec<Effect> {
+    h.sup.set_desired(h.now, desired)
+}
+
+#[test]
+fn an_update_keeps_the_old_instance_running_until_the_new_spec_is_prepared() {
+    let mut h = Harness::new();
+    let v1 = desired("a", "/bin/v1", RestartPolicy::Always);
+    h.set(std::slice::from_ref(&v1));
+    let (old, _) = h.instance("a").unwrap();
+    let v2 = desired("a", "/bin/v2", RestartPolicy::Always);
+    let e = set_raw(&mut h, std::slice::from_ref(&v2));
+    let [Effect::Prepare { instance: prep, .. }] = e.as_slice() else {
+        panic!("{e:?}")
+    };
+    let prep = *prep;
+    // While the image is pulled the old instance runs, and is reported as what runs.
+    h.sup.on_event(
+        h.now,
+        Event::Progress {
+            name: "a".into(),
+            instance: prep,
+            message: "pulling: 40%".into(),
+        },
+    );
+    let status = status_of(&h, "a");
+    assert_eq!(status.state, WorkloadState::Running);
+    assert_eq!(status.spec_hash, v1.spec_hash);
+    assert_eq!(
+        status.message.as_deref(),
+        Some("preparing the update: pulling: 40%")
+    );
+    assert_eq!(h.instance("a").unwrap().0, old);
+    // Prepared: now, and only now, the old instance is stopped; the new one starts once
+    // it is gone, without a second preparation.
+    let e = h.sup.on_event(
+        h.now,
+        Event::Prepared {
+            name: "a".into(),
+            instance: prep,
+        },
+    );
+    assert_eq!(
+        e,
+        vec![Effect::Stop {
+            name: "a".into(),
+            instance: old
+        }]
+    );
+    let e = h.exit("a", None);
+    assert!(matches!(e.as_slice(), [Effect::Start { .. }]), "{e:?}");
+    let status = status_of(&h, "a");
+    assert_eq!(status.spec_hash, v2.spec_hash);
+    assert_eq!(status.state, WorkloadState::Running);
+    assert_eq!(status.restarts, 0);
+}
+
+#[test]
+fn a_failed_preparation_leaves_the_old_instance_running_and_is_retried() {
+    let mut h = Harness::new();
+    let v1 = desired("a", "/bin/v1", RestartPolicy::Always);
+    h.set(std::slice::from_ref(&v1));
+    let (old, _) = h.instance("a").unwrap();
+    let e = set_raw(&mut h, &[desired("a", "/bin/v2", RestartPolicy::Always)]);
+    let [Effect::Prepare { instance: prep, .. }] = e.as_slice() else {
+        panic!("{e:?}")
+    };
+    let e = h.sup.on_event(
+        h.now,
+        Event::PrepareFailed {
+            name: "a".into(),
+            instance: *prep,
+            error: "no such image".into(),
+        },
+    );
+    assert!(e.is_empty());
+    let status = status_of(&h, "a");
+    assert_eq!(status.state, WorkloadState::Running);
+    assert_eq!(status.spec_hash, v1.spec_hash);
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("no such image"),
+        "{status:?}"
+    );
+    assert_eq!(h.instance("a").unwrap().0, old);
+    // Retried after the backoff: the harness prepares it, and the old one is replaced.
+    let deadline = h.sup.next_deadline().expect("a retry is scheduled");
+    h.now = deadline;
+    let e = h.tick();
+    assert!(
+        matches!(e.as_slice(), [Effect::Prepare { .. }, Effect::Stop { .. }]),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_failed_preparation_with_nothing_running_backs_off_without_a_crash_loop() {
+    let mut h = Harness::new();
+    let e = set_raw(&mut h, &[desired("a", "/bin/a", RestartPolicy::Always)]);
+    let mut instance = match e.as_slice() {
+        [Effect::Prepare { instance, .. }] => *instance,
+        _ => panic!("{e:?}"),
+    };
+    let mut delays = vec![];
+    for _ in 0..5 {
+        h.sup.on_event(
+            h.now,
+            Event::PrepareFailed {
+                name: "a".into(),
+                instance,
+                error: "registry unreachable".into(),
+            },
+        );
+        let status = status_of(&h, "a");
+        assert_eq!(status.state, WorkloadState::Pending, "{status:?}");
+        assert!(status.message.unwrap().contains("registry unreachable"));
+        let deadline = h.sup.next_deadline().unwrap();
+        delays.push(deadline.duration_since(h.now).as_secs());
+        h.now = deadline;
+        let e = h.sup.tick(h.now);
+        instance = match e.as_slice() {
+            [Effect::Prepare { instance, .. }] => *instance,
+            _ => panic!("{e:?}"),
+        };
+    }
+    assert_eq!(delays, vec![1, 2, 4, 8, 16]);
+}
+
+#[test]
+fn adopted_instances_are_kept_replaced_or_stopped() {
+    let v1 = desired("a", "/bin/v1", RestartPolicy::Always);
+    let adopted = |name: &str, w: &DesiredWorkload| Adopted {
+        name: name.into(),
+        key: w.spec_hash.clone(),
+        spec_hash: w.spec_hash.clone(),
+        deployment: w.deployment.clone(),
+        revision: w.revision.clone(),
+        pid: Some(77),
+        started_at: None,
+    };
+    // Same spec: kept, nothing started.
+    let mut h = Harness::new();
+    let instance = h.sup.adopt(h.now, adopted("a", &v1));
+    assert!(h.set(std::slice::from_ref(&v1)).is_empty());
+    assert_eq!(h.instance("a"), Some((instance, Some(77))));
+    assert_eq!(status_of(&h, "a").state, WorkloadState::Running);
+    // Its exit is handled like any other: restarted without a new preparation.
+    h.at(60.0);
+    let e = h.exit("a", Some(1));
+    assert!(matches!(e.as_slice(), [Effect::Start { .. }]), "{e:?}");
+
+    // Another spec: prepared, then replaced.
+    let mut h = Harness::new();
+    let instance = h.sup.adopt(h.now, adopted("a", &v1));
+    let e = set_raw(&mut h, &[desired("a", "/bin/v2", RestartPolicy::Always)]);
+    assert!(matches!(e.as_slice(), [Effect::Prepare { .. }]), "{e:?}");
+
+    // Not desired: stopped.
+    let mut h = Harness::new();
+    let instance_b = h.sup.adopt(h.now, adopted("b", &v1));
+    let e = h.set(std::slice::from_ref(&v1));
+    assert!(
+        e.contains(&Effect::Stop {
+            name: "b".into(),
+            instance: instance_b
+        }),
+        "{e:?}"
+    );
+    let _ = instance;
+}
+
+#[test]
+fn a_failed_liveness_probe_restarts_and_counts_as_a_crash() {
+    let mut h = Harness::new();
+    h.set(&[desired("a", "/bin/a", RestartPolicy::Always)]);
+    let (instance, _) = h.instance("a").unwrap();
+    // A stale verdict about another instance is ignored.
+    assert!(
+        h.sup
+            .on_event(
+                h.now,
+                Event::Unhealthy {
+                    name: "a".into(),
+                    instance: instance + 1,
+                    reason: "x".into()
+                }
+            )
+            .is_empty()
+    );
+    let e = h.sup.on_event(
+        h.now,
+        Event::Unhealthy {
+            name: "a".into(),
+            instance,
+            reason: "HTTP probe: status 503".into(),
+        },
+    );
+    assert_eq!(
+        e,
+        vec![Effect::Stop {
+            name: "a".into(),
+            instance
+        }]
+    );
+    assert!(
+        status_of(&h, "a")
+            .message
+            .unwrap()
+            .contains("liveness probe failed: HTTP probe: status 503")
+    );
+    // It ran briefly: the restart waits for the backoff, like a crash.
+    h.at(1.0);
+    assert!(h.exit("a", None).is_empty());
+    let status = status_of(&h, "a");
+    assert_eq!(status.restarts, 1);
+    assert_eq!(status.state, WorkloadState::Pending);
+    h.at(2.0);
+    assert_eq!(starts(&h.tick()), 1);
+}
+
+#[test]
+fn readiness_is_reported_only_for_workloads_with_a_probe() {
+    use edgefleet_wire::workload::{Probe, ProbeAction, TcpSocketProbe};
+    let mut h = Harness::new();
+    let mut spec = WorkloadSpec::process("a", "/bin/a");
+    spec.readiness_probe = Some(Probe::new(ProbeAction::TcpSocket(&TcpSocketProbe {
+        port: 80,
+        host: None,
+    })));
+    let with_probe = DesiredWorkload {
+        deployment: "d".into(),
+        revision: "r1".into(),
+        spec_hash: workload_hash(&spec),
+        spec,
+        rolled_back: false,
+        labels: Default::default(),
+    };
+    h.set(&[with_probe, desired("b", "/bin/b", RestartPolicy::Always)]);
+    assert_eq!(status_of(&h, "a").ready, Some(false));
+    assert_eq!(status_of(&h, "b").ready, None);
+    let (instance, _) = h.instance("a").unwrap();
+    h.sup.on_event(
+        h.now,
+        Event::Readiness {
+            name: "a".into(),
+            instance,
+            ready: false,
+            reason: Some("TCP probe 127.0.0.1:80: connection refused".into()),
+        },
+    );
+    assert_eq!(
+        status_of(&h, "a").message.as_deref(),
+        Some("not ready: TCP probe 127.0.0.1:80: connection refused")
+    );
+    h.sup.on_event(
+        h.now,
+        Event::Readiness {
+            name: "a".into(),
+            instance,
+            ready: true,
+            reason: None,
+        },
+    );
+    let status = status_of(&h, "a");
+    assert_eq!(status.ready, Some(true));
+    assert_eq!(status.message, None);
+    // After an exit the verdict is gone until the next instance is probed.
+    h.at(30.0);
+    h.exit("a", Some(1));
+    assert_eq!(status_of(&h, "a").ready, Some(false));
+}
+
+#[test]
+fn a_new_key_with_the_same_spec_restarts_without_preparing() {
+    let mut h = Harness::new();
+    let w = desired("a", "/bin/a", RestartPolicy::Always);
+    h.set(std::slice::from_ref(&w));
+    let (old, _) = h.instance("a").unwrap();
+    let rekeyed = Wanted {
+        workload: w.clone(),
+        key: format!("{}+files:abc", w.spec_hash),
+    };
+    let e = h.sup.set_wanted(h.now, std::slice::from_ref(&rekeyed));
+    assert_eq!(
+        e,
+        vec![Effect::Stop {
+            name: "a".into(),
+            instance: old
+        }]
+    );
+    let e = h.exit("a", None);
+    assert!(matches!(e.as_slice(), [Effect::Start { .. }]), "{e:?}");
+    // The reported spec hash is the spec's, not the key.
+    assert_eq!(status_of(&h, "a").spec_hash, w.spec_hash);
+    // The same key again changes nothing.
+    assert!(h.sup.set_wanted(h.now, &[rekeyed]).is_empty());
 }
 
 #[derive(Debug, Clone)]

@@ -128,10 +128,11 @@ pub fn observe(
     })
 }
 
-/// Running, or done as its restart policy intends (exited 0).
+/// Running (and ready, when it has a readiness probe), or done as its restart policy
+/// intends (exited 0).
 fn is_up(status: &WorkloadStatus) -> bool {
     match status.state {
-        WorkloadState::Running => true,
+        WorkloadState::Running => status.ready != Some(false),
         WorkloadState::Exited => status.last_exit_code == Some(0),
         _ => false,
     }

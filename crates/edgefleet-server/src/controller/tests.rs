@@ -240,6 +240,9 @@ mod rollouts {
                             last_exit_code: None,
                             started_at: None,
                             message: None,
+                            ready: None,
+                            runtime: None,
+                            container_id: None,
                         })
                         .collect(),
                     agent_version: String::new(),
@@ -366,6 +369,7 @@ mod observations {
             spec_hash: edgefleet_core::hash::workload_hash(&spec),
             spec,
             rolled_back: false,
+            labels: Default::default(),
         }
     }
 
@@ -391,6 +395,9 @@ mod observations {
                 last_exit_code: Some(3),
                 started_at: None,
                 message: None,
+                ready: None,
+                runtime: None,
+                container_id: None,
             }],
             agent_version: String::new(),
             certificate_not_after: None,
@@ -448,5 +455,20 @@ mod observations {
         let mut stale = reporting(0, WorkloadState::Running);
         stale.applied_generation = 1;
         assert!(!health(&stale, &none).0);
+    }
+
+    #[test]
+    fn a_workload_with_a_readiness_probe_is_healthy_only_once_ready() {
+        let none = HashSet::new();
+        let with_ready = |ready: Option<bool>| {
+            let mut node = reporting(0, WorkloadState::Running);
+            if let Some(reported) = &mut node.reported {
+                reported.workloads[0].ready = ready;
+            }
+            health(&node, &none).1
+        };
+        assert_eq!(with_ready(Some(false)), Health::Progressing);
+        assert_eq!(with_ready(Some(true)), Health::Healthy);
+        assert_eq!(with_ready(None), Health::Healthy);
     }
 }

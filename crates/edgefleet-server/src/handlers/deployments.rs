@@ -208,6 +208,9 @@ pub async fn apply_documents(
     basis: Option<&PlanBasis>,
     actor: &str,
 ) -> ApiResult<ApplyResponse> {
+    // Held until the apply is stored: an artifact checked here cannot be deleted meanwhile.
+    let _artifacts = state.artifacts.lock().await;
+    crate::handlers::artifacts::check_references(state, &deployments).await?;
     let items: Vec<ApplyItem> = deployments
         .into_iter()
         .map(|manifest| ApplyItem {

@@ -61,6 +61,7 @@ pub async fn plan(
     ApiJson(request): ApiJson<PlanRequest>,
 ) -> ApiResult<Json<Plan>> {
     check_documents(&request.deployments, &request.windows)?;
+    crate::handlers::artifacts::check_references(&state, &request.deployments).await?;
     let nodes = state.store.list_nodes().await?;
     let deployments = state.store.list_deployments().await?;
     let inputs = Inputs::load(&state, nodes, deployments).await?;

@@ -189,6 +189,17 @@ pub struct WindowRecord {
     pub updated_at: Timestamp,
 }
 
+/// One stored artifact version (its content is a file the server keeps by digest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    pub name: String,
+    /// SHA-256 of the content, 64 lowercase hex digits.
+    pub digest: String,
+    pub size: u64,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
 /// How many flight-recorder events the server keeps per node; older ones are dropped.
 pub const EVENTS_KEPT_PER_NODE: u64 = 10_000;
 
@@ -357,6 +368,28 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<u64>;
     /// Newest first.
     async fn list_node_events(&self, node: &str, limit: u32) -> StoreResult<Vec<StoredNodeEvent>>;
+
+    // ---- artifacts ----
+    /// Records an artifact version whose content is already in place, with its audit
+    /// entry. An existing (name, digest) is left as it was: returns it and `false`.
+    async fn add_artifact(
+        &self,
+        record: ArtifactRecord,
+        audit: NewAudit,
+    ) -> StoreResult<(ArtifactRecord, bool)>;
+    /// Sorted by name, then oldest first.
+    async fn list_artifacts(&self) -> StoreResult<Vec<ArtifactRecord>>;
+    async fn get_artifact(&self, name: &str, digest: &str) -> StoreResult<Option<ArtifactRecord>>;
+    /// Deletes every version of `name`, or only `digest`, with one audit entry; returns
+    /// what was deleted (nothing, and no audit entry, when nothing matched).
+    async fn delete_artifacts(
+        &self,
+        name: &str,
+        digest: Option<&str>,
+        audit: NewAudit,
+    ) -> StoreResult<Vec<ArtifactRecord>>;
+    /// Whether any artifact version (of any name) has this content.
+    async fn artifact_digest_exists(&self, digest: &str) -> StoreResult<bool>;
 
     // ---- audit ----
     async fn record_audit(&self, entry: NewAudit) -> StoreResult<()>;

@@ -26,10 +26,10 @@ use edgefleet_core::rollout::Rollout;
 use edgefleet_wire::node::{NodeEvent, StoredNodeEvent};
 
 use super::{
-    ApiTokenRecord, AppliedDeployment, ApplyItem, CertRecord, CreateOutcome, DeploymentRecord,
-    DesiredUpdate, EnrollOutcome, Enrollment, JoinTokenRecord, NewAudit, NodeRecord, Presence,
-    RevisionRecord, RevokeApiTokenOutcome, Store, StoreError, StoreResult, WindowRecord,
-    apply_audit_detail,
+    ApiTokenRecord, AppliedDeployment, ApplyItem, ArtifactRecord, CertRecord, CreateOutcome,
+    DeploymentRecord, DesiredUpdate, EnrollOutcome, Enrollment, JoinTokenRecord, NewAudit,
+    NodeRecord, Presence, RevisionRecord, RevokeApiTokenOutcome, Store, StoreError, StoreResult,
+    WindowRecord, apply_audit_detail,
 };
 
 /// Schema migrations; entry `i` takes the database from `user_version` i to i + 1.
@@ -128,6 +128,7 @@ CREATE TABLE node_events (
     PRIMARY KEY (node, seq)
 ) STRICT, WITHOUT ROWID;
 "#,
+    artifacts::MIGRATION,
 ];
 
 /// How long a statement waits for a lock held by another connection to the file.
@@ -1413,6 +1414,42 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn add_artifact(
+        &self,
+        record: ArtifactRecord,
+        audit: NewAudit,
+    ) -> StoreResult<(ArtifactRecord, bool)> {
+        self.run(move |c| artifacts::add_artifact(c, &record, &audit))
+            .await
+    }
+
+    async fn list_artifacts(&self) -> StoreResult<Vec<ArtifactRecord>> {
+        self.run(artifacts::list_artifacts).await
+    }
+
+    async fn get_artifact(&self, name: &str, digest: &str) -> StoreResult<Option<ArtifactRecord>> {
+        let (name, digest) = (name.to_owned(), digest.to_owned());
+        self.run(move |c| artifacts::get_artifact(c, &name, &digest))
+            .await
+    }
+
+    async fn delete_artifacts(
+        &self,
+        name: &str,
+        digest: Option<&str>,
+        audit: NewAudit,
+    ) -> StoreResult<Vec<ArtifactRecord>> {
+        let (name, digest) = (name.to_owned(), digest.map(str::to_owned));
+        self.run(move |c| artifacts::delete_artifacts(c, &name, digest.as_deref(), &audit))
+            .await
+    }
+
+    async fn artifact_digest_exists(&self, digest: &str) -> StoreResult<bool> {
+        let digest = digest.to_owned();
+        self.run(move |c| artifacts::artifact_digest_exists(c, &digest))
+            .await
+    }
+
     async fn record_audit(&self, entry: NewAudit) -> StoreResult<()> {
         self.run(move |c| {
             let tx = write_tx(c)?;
@@ -1429,6 +1466,7 @@ impl Store for SqliteStore {
     }
 }
 
+mod artifacts;
 mod events;
 mod rollouts;
 #[cfg(test)]

@@ -5,12 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod artifacts;
 mod bad_input;
 mod deploy;
+mod logs;
 mod offline;
 mod plan;
 mod rollouts;
 mod security;
+mod workloads;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

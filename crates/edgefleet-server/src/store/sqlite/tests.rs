@@ -261,6 +261,7 @@ async fn revoked_name_re_enrolls_keeping_its_generation() {
         spec_hash: "h".into(),
         spec: manifest("d", "/bin/true").spec.workloads.remove(0),
         rolled_back: false,
+        labels: Default::default(),
     }];
     let conflicts = vec![Conflict {
         workload: "w".into(),
