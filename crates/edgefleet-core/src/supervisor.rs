@@ -932,7 +932,6 @@ impl Supervisor {
                         None
                     },
                     runtime,
-                    container_id: None,
                 }
             })
             .collect()

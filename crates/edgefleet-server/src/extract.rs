@@ -42,8 +42,9 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// The next data chunk of a body, skipping trailers.
-async fn next_chunk(body: &mut Body) -> Option<Result<Bytes, axum::Error>> {
+/// The next data chunk of a body, skipping trailers. Shared by every handler that reads a
+/// body as a stream (artifact uploads, log relays).
+pub(crate) async fn next_chunk(body: &mut Body) -> Option<Result<Bytes, axum::Error>> {
     loop {
         match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await? {
             Ok(frame) => {
@@ -56,7 +57,9 @@ async fn next_chunk(body: &mut Body) -> Option<Result<Bytes, axum::Error>> {
     }
 }
 
-async fn drain(mut body: Body) {
+/// Reads and discards what is left of a refused body, bounded in bytes and time, so the
+/// client sees the error response rather than a reset connection.
+pub(crate) async fn drain(mut body: Body) {
     let discard = async {
         let mut discarded = 0usize;
         while let Some(Ok(chunk)) = next_chunk(&mut body).await {

@@ -354,7 +354,6 @@ mod tests {
                         message: None,
                         ready: None,
                         runtime: None,
-                        container_id: None,
                     }
                 })
                 .collect(),

@@ -81,7 +81,6 @@ impl SimWorkload {
             message,
             ready: None,
             runtime: None,
-            container_id: None,
         }
     }
 }

@@ -132,9 +132,6 @@ pub struct WorkloadStatus {
     /// The runtime running it (`process`, `container`, `wasm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
-    /// Containers: the engine's container id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
 }
 
 /// Everything the agent reports about what it runs.

@@ -947,7 +947,6 @@ mod tests {
             message: None,
             ready: None,
             runtime: None,
-            container_id: None,
         };
         let old = WorkloadStatus {
             name: "legacy".into(),

@@ -242,7 +242,6 @@ mod rollouts {
                             message: None,
                             ready: None,
                             runtime: None,
-                            container_id: None,
                         })
                         .collect(),
                     agent_version: String::new(),
@@ -397,7 +396,6 @@ mod observations {
                 message: None,
                 ready: None,
                 runtime: None,
-                container_id: None,
             }],
             agent_version: String::new(),
             certificate_not_after: None,

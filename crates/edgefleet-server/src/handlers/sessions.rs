@@ -8,11 +8,10 @@
 //! `MAX_CHUNK_BYTES` instead, so a confused agent cannot make the server buffer a huge
 //! chunk.
 
-use std::pin::Pin;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +24,7 @@ use serde::Deserialize;
 
 use crate::auth::NodeCaller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::{ApiPath, ApiQuery, next_chunk};
 use crate::sessions::OpenError;
 use crate::state::{AppState, now, stopping};
 
@@ -149,20 +148,6 @@ fn error_line(message: &str) -> Bytes {
     let mut line = serde_json::to_vec(&frame).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
-}
-
-/// The next data chunk of a body, skipping trailers.
-async fn next_chunk(body: &mut Body) -> Option<Result<Bytes, axum::Error>> {
-    loop {
-        match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await? {
-            Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    return Some(Ok(data));
-                }
-            }
-            Err(error) => return Some(Err(error)),
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]

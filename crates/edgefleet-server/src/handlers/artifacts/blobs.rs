@@ -10,7 +10,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use hyper::body::{Frame, SizeHint};
@@ -19,16 +18,12 @@ use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::datadir::ARTIFACT_UPLOAD_PREFIX;
+use crate::extract::{drain, next_chunk};
 
 /// How much of an upload is buffered before it is written to the file.
 const WRITE_BUFFER: usize = 1 << 20;
 /// The size of the chunks a download is sent in.
 const READ_CHUNK: usize = 64 * 1024;
-/// After a refused upload, the rest of the body is read and discarded up to this much, for
-/// this long, so that the client reads the answer instead of a reset connection.
-const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
-const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
-
 /// The artifact store's files and the lock that orders changes to what they may be used for.
 pub struct Blobs {
     dir: PathBuf,
@@ -229,33 +224,6 @@ impl Blobs {
 /// Makes renames and removals in `dir` durable.
 async fn sync_dir(dir: &Path) -> io::Result<()> {
     tokio::fs::File::open(dir).await?.sync_all().await
-}
-
-/// The next data chunk of a body, skipping trailers.
-async fn next_chunk(body: &mut Body) -> Option<Result<Bytes, axum::Error>> {
-    loop {
-        match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await? {
-            Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    return Some(Ok(data));
-                }
-            }
-            Err(error) => return Some(Err(error)),
-        }
-    }
-}
-
-async fn drain(mut body: Body) {
-    let discard = async {
-        let mut discarded = 0u64;
-        while let Some(Ok(chunk)) = next_chunk(&mut body).await {
-            discarded = discarded.saturating_add(chunk.len() as u64);
-            if discarded > DRAIN_MAX_BYTES {
-                return;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_MAX_TIME, discard).await;
 }
 
 /// What a `Range` header asks of content of a given length.
