@@ -10,7 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
 
-cargo build --release -p edgefleet -p edgefleet-agent >&2
+# Separately: built together, cargo would unify features and give the lean agent the
+# WebAssembly runtime that `edgefleet agent` has.
+cargo build --release -p edgefleet >&2
+cargo build --release -p edgefleet-agent >&2
 bin=target/release/edgefleet
 lean=target/release/edgefleet-agent
 
