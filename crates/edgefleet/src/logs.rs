@@ -13,7 +13,9 @@ use anyhow::{Context, bail};
 use edgefleet_wire::DurationSpec;
 use edgefleet_wire::session::{LogFrame, LogLine, LogStream};
 use time::OffsetDateTime;
+use time::format_description::FormatItem;
 use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
 
 use crate::cli::LogsArgs;
 use crate::client::ApiClient;
@@ -162,13 +164,21 @@ impl Printer {
     }
 }
 
+/// `--timestamps`: RFC 3339 in UTC with exactly six fractional digits, as the node stores
+/// it (`2026-11-26T16:02:42.123450Z`). Plain RFC 3339 formatting drops trailing zeros
+/// (`.12345Z`, or none at all on a whole second), which would make the column ragged and
+/// the stamp's length depend on its value. Cut, never rounded, to the microsecond: a stamp
+/// passed back as `--since` still selects its own line.
+const STAMP_FORMAT: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
 /// One output line, with its time in front if asked for.
 fn render(line: &LogLine, timestamps: bool) -> String {
     if timestamps {
         let at = line
             .ts
             .to_offset(time::UtcOffset::UTC)
-            .format(&Rfc3339)
+            .format(STAMP_FORMAT)
             .unwrap_or_else(|_| line.ts.to_string());
         format!("{at} {}\n", line.line)
     } else {
@@ -205,6 +215,23 @@ mod tests {
         };
         assert_eq!(render(&line, false), "hello\n");
         assert_eq!(render(&line, true), "2026-11-26T16:02:42.123456Z hello\n");
+        // Every stamp has the same width: trailing zeros are kept, sub-microsecond digits
+        // are cut (not rounded), and the time is shown in UTC whatever its offset.
+        for (ts, shown) in [
+            ("2026-11-26T16:02:42.123450Z", "2026-11-26T16:02:42.123450Z"),
+            ("2026-11-26T16:02:42Z", "2026-11-26T16:02:42.000000Z"),
+            (
+                "2026-11-26T16:02:42.999999999Z",
+                "2026-11-26T16:02:42.999999Z",
+            ),
+            ("2026-11-26T18:02:42.5+02:00", "2026-11-26T16:02:42.500000Z"),
+        ] {
+            let line = LogLine {
+                ts: OffsetDateTime::parse(ts, &Rfc3339).unwrap(),
+                ..line.clone()
+            };
+            assert_eq!(render(&line, true), format!("{shown} hello\n"), "{ts}");
+        }
     }
 
     #[test]

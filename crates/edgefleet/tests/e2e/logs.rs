@@ -151,9 +151,19 @@ async fn logs_tail_since_follow_and_errors() {
 
     // --since a line's time: that line and the later ones, not the earlier ones.
     let (stamped, _) = logs_ok(&fleet, &["edge-1", "ticker", "--timestamps"]);
+    // Every stamp has the same width (UTC, six fractional digits, trailing zeros kept), so
+    // they also sort as text, in the order the lines were written.
+    let stamps: Vec<&str> = stamped
+        .iter()
+        .map(|line| line.split_once(' ').unwrap().0)
+        .collect();
+    assert!(
+        stamps.iter().all(|s| s.len() == 27 && s.ends_with('Z')),
+        "{stamped:?}"
+    );
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamped:?}");
     let (stamp, fifth) = stamped[5].split_once(' ').unwrap();
     assert_eq!(fifth, "tick 5", "{stamped:?}");
-    assert!(stamp.ends_with('Z') && stamp.len() == 27, "{stamp}");
     let (out, _) = logs_ok(&fleet, &["edge-1", "ticker", "--since", stamp]);
     assert_eq!(out[0], "tick 5", "{out:?}");
     let (out, err) = logs_ok(
