@@ -200,13 +200,17 @@ async fn readiness_gates_the_rollout_and_a_failed_liveness_probe_restarts() {
     std::fs::write(flags.path().join("alive"), "").unwrap();
     apply(&fleet, "probed.yaml", &probed_manifest(flags.path()));
 
-    // Running but not ready: the rollout waits.
-    let not_ready = wait_for("svc running and not ready", LONG, || {
+    // Running but not ready: `ready` is false from the start, and once the probe has
+    // failed, the status says why. The rollout waits.
+    let not_ready = wait_for("svc running and not ready, with the reason", LONG, || {
         let fleet = &fleet;
         async move {
             let detail = node_detail(fleet, "edge-1").await;
             let w = workload(&detail, "svc")?.clone();
-            (w["state"] == "running" && w["ready"] == false).then_some(w)
+            let said_why = w["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("not ready: "));
+            (w["state"] == "running" && w["ready"] == false && said_why).then_some(w)
         }
     })
     .await;
@@ -214,7 +218,7 @@ async fn readiness_gates_the_rollout_and_a_failed_liveness_probe_restarts() {
         not_ready["message"]
             .as_str()
             .unwrap_or("")
-            .contains("not ready"),
+            .contains("exec probe [test -f"),
         "{not_ready:#}"
     );
     let status = fleet.cli_ok(&["rollout", "status", "probed"]);
