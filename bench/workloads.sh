@@ -33,6 +33,9 @@ cleanup() {
   docker -H "unix://$work/d.sock" rm -f $(docker -H "unix://$work/d.sock" ps -aq 2>/dev/null) >/dev/null 2>&1 || true
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # dockerd leaves its network namespace mounted under its exec root.
+  grep -o "$work[^ ]*" /proc/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
