@@ -13,7 +13,8 @@ use edgefleet_wire::api::Role;
 use crate::auth;
 use crate::error::ApiError;
 use crate::handlers::{
-    agent, artifacts, deployments, meta, nodes, plan, rollouts, sessions, tokens, windows,
+    agent, alerts, artifacts, deployments, meta, nodes, plan, rollouts, sessions, telemetry, tokens,
+    windows,
 };
 use crate::state::AppState;
 
@@ -100,7 +101,7 @@ pub struct RouteSpec {
     handler: fn(MethodFilter) -> MethodRouter<AppState>,
 }
 
-fn route(
+pub(crate) fn route(
     method: HttpMethod,
     path: &'static str,
     summary: &'static str,
@@ -122,7 +123,7 @@ fn route(
 }
 
 impl RouteSpec {
-    fn with_query(mut self, query: &'static [&'static str]) -> Self {
+    pub(crate) fn with_query(mut self, query: &'static [&'static str]) -> Self {
         self.query = query;
         self
     }
@@ -133,7 +134,7 @@ pub fn table() -> Vec<RouteSpec> {
     use Access::{JoinToken, Node, Public, Token};
     use HttpMethod::{Delete, Get, Patch, Post, Put};
     use Role::{Admin, Operator, Viewer};
-    vec![
+    let mut routes = vec![
         route(Get, "/healthz", "Liveness: the process serves requests", Public, None, "Health", |m| {
             on(m, meta::healthz)
         }),
@@ -458,7 +459,10 @@ pub fn table() -> Vec<RouteSpec> {
             "bytes",
             |m| on(m, artifacts::download),
         ),
-    ]
+    ];
+    routes.extend(telemetry::routes());
+    routes.extend(alerts::routes());
+    routes
 }
 
 /// The application: every route of the table behind its access check, JSON 404/405, and

@@ -17,6 +17,7 @@ pub mod node;
 pub mod plan;
 pub mod rollout;
 pub mod session;
+pub mod telemetry;
 pub mod workload;
 
 pub use duration::DurationSpec;

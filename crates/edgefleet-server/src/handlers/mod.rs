@@ -8,6 +8,7 @@
 //! already put an `ApiCaller` or `NodeCaller` into the request.
 
 pub mod agent;
+pub mod alerts;
 pub mod artifacts;
 pub mod deployments;
 pub mod meta;
@@ -15,5 +16,6 @@ pub mod nodes;
 pub mod plan;
 pub mod rollouts;
 pub mod sessions;
+pub mod telemetry;
 pub mod tokens;
 pub mod windows;

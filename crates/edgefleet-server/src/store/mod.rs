@@ -18,7 +18,16 @@ use edgefleet_wire::manifest::{DeploymentManifest, MaintenanceWindowManifest};
 use edgefleet_wire::node::{NodeEvent, NodeFacts, ReportedState, StoredNodeEvent};
 use edgefleet_wire::{Labels, Timestamp};
 
+mod alerts;
+mod lake;
 mod sqlite;
+mod telemetry;
+mod traffic;
+
+pub use alerts::AlertStore;
+pub use lake::LakeStore;
+pub use telemetry::TelemetryStore;
+pub use traffic::TrafficStore;
 
 /// Opens the default (embedded) store kept in the data directory.
 pub async fn open(data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
@@ -246,7 +255,7 @@ pub fn apply_audit_detail(action: ApplyAction, number: u32, revision: &str) -> S
 }
 
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: TelemetryStore + AlertStore + LakeStore + TrafficStore + Send + Sync {
     /// Answers a trivial query; readiness checks use it.
     async fn ping(&self) -> StoreResult<()>;
 

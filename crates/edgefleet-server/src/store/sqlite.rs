@@ -129,6 +129,10 @@ CREATE TABLE node_events (
 ) STRICT, WITHOUT ROWID;
 "#,
     artifacts::MIGRATION,
+    telemetry::MIGRATION,
+    alerts::MIGRATION,
+    lake::MIGRATION,
+    traffic::MIGRATION,
 ];
 
 /// How long a statement waits for a lock held by another connection to the file.
@@ -1466,8 +1470,12 @@ impl Store for SqliteStore {
     }
 }
 
+mod alerts;
 mod artifacts;
 mod events;
+mod lake;
 mod rollouts;
+mod telemetry;
+mod traffic;
 #[cfg(test)]
 mod tests;
