@@ -36,6 +36,12 @@ pub struct ServerArgs {
     /// Largest artifact accepted by `POST /v1/artifacts` (512Mi, 8Gi, 10G, ...)
     #[arg(long, env = "EDGEFLEET_MAX_ARTIFACT_SIZE", default_value = "8Gi")]
     pub max_artifact_size: ByteSize,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
+    #[command(flatten)]
+    pub lake: crate::lake::LakeArgs,
+    #[command(flatten)]
+    pub alerts: crate::alerts::AlertArgs,
 }
 
 impl ServerArgs {
@@ -50,6 +56,9 @@ impl ServerArgs {
             not_ready_after: DurationSpec::from_secs(45),
             max_body_bytes: 1_048_576,
             max_artifact_size: ByteSize(8 << 30),
+            telemetry: Default::default(),
+            lake: Default::default(),
+            alerts: Default::default(),
         }
     }
 }

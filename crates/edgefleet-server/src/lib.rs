@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+mod alerts;
 mod args;
 mod auth;
 mod controller;
@@ -28,6 +29,8 @@ mod datadir;
 mod error;
 mod extract;
 mod handlers;
+mod lake;
+mod metrics;
 mod openapi;
 mod planner;
 mod routes;
@@ -37,6 +40,7 @@ mod sessions;
 mod state;
 mod status;
 pub mod store;
+mod telemetry;
 
 pub use args::ServerArgs;
 pub use server::{Server, StartInfo};

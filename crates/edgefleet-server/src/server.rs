@@ -111,6 +111,9 @@ impl Server {
             max_body_bytes: args.max_body_bytes,
             artifacts_dir: datadir::prepare_artifacts_dir(&info.data_dir)?,
             max_artifact_bytes: args.max_artifact_size.0,
+            telemetry: crate::telemetry::Telemetry::new(&args.telemetry, &info.data_dir)?,
+            lake: crate::lake::Lake::new(&args.lake, &info.data_dir)?,
+            alerts: crate::alerts::Alerts::new(&args.alerts, &info.data_dir)?,
         };
         let state = AppState::new(store, pki.ca, settings, stopping_rx);
         // Startup is a reconcile like any other: rollouts resume where they were, and
@@ -147,9 +150,17 @@ impl Server {
         let resync = tokio::spawn(resync_loop(state.clone()));
         let rollouts = tokio::spawn(rollout_loop(state.clone()));
         let presence = tokio::spawn(presence_loop(state.clone()));
+        let background = [
+            tokio::spawn(crate::telemetry::run(state.clone())),
+            tokio::spawn(crate::lake::run(state.clone())),
+            tokio::spawn(crate::alerts::run(state.clone())),
+        ];
         crate::serve::serve(listener, acceptor, router(state), stopping, shutdown).await;
         resync.abort();
         rollouts.abort();
+        for task in background {
+            task.abort();
+        }
         // It flushes once more when it sees the shutdown, then ends.
         let _ = presence.await;
         tracing::info!("server stopped");

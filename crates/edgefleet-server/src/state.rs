@@ -33,6 +33,10 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Operators' sessions waiting for or relayed from agents (logs).
     pub sessions: Arc<crate::sessions::Sessions>,
+    pub telemetry: crate::telemetry::Telemetry,
+    pub lake: crate::lake::Lake,
+    pub alerts: crate::alerts::Alerts,
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub struct Settings {
@@ -43,6 +47,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub artifacts_dir: std::path::PathBuf,
     pub max_artifact_bytes: u64,
+    pub telemetry: crate::telemetry::Telemetry,
+    pub lake: crate::lake::Lake,
+    pub alerts: crate::alerts::Alerts,
 }
 
 impl AppState {
@@ -67,6 +74,10 @@ impl AppState {
             ),
             shutdown,
             sessions: Arc::new(crate::sessions::Sessions::new()),
+            telemetry: settings.telemetry,
+            lake: settings.lake,
+            alerts: settings.alerts,
+            metrics: crate::metrics::Metrics::default(),
         }))
     }
 
