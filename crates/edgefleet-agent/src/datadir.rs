@@ -87,6 +87,22 @@ impl DataDir {
         self.root.join(crate::local_api::SOCKET_FILE)
     }
 
+    /// The outbox: records waiting for the server (see `outbox`).
+    pub fn outbox(&self) -> PathBuf {
+        self.root.join("outbox")
+    }
+
+    /// The directory of the workloads' local API socket: containers get it mounted, so
+    /// it holds nothing but the socket.
+    pub fn api_dir(&self) -> PathBuf {
+        self.root.join("api")
+    }
+
+    /// The workloads' local API socket.
+    pub fn api_socket(&self) -> PathBuf {
+        self.api_dir().join(crate::local_api::SOCKET_FILE)
+    }
+
     pub fn facts_hash(&self) -> PathBuf {
         self.root.join("facts.sha256")
     }

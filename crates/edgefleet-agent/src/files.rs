@@ -199,6 +199,7 @@ mod tests {
         let mut spec = WorkloadSpec::process("web", "/bin/web");
         spec.files = files;
         DesiredWorkload {
+            streams: Vec::new(),
             deployment: "d".into(),
             revision: "r".into(),
             spec_hash: "h".into(),

@@ -116,6 +116,7 @@ mod tests {
             node: "node-a".into(),
             generation,
             workloads: vec![DesiredWorkload {
+                streams: Vec::new(),
                 deployment: "d".into(),
                 revision: "r".into(),
                 spec_hash: "h".into(),

@@ -20,6 +20,8 @@
 
 pub mod artifacts;
 pub mod channel;
+pub mod collect;
+pub mod data_api;
 pub mod datadir;
 pub mod delivery;
 pub mod desired;
@@ -33,6 +35,7 @@ pub mod identity;
 pub mod journal;
 pub mod local_api;
 pub mod locks;
+pub mod outbox;
 pub mod reconcile;
 pub mod recorder;
 pub mod renew;
@@ -40,6 +43,8 @@ pub mod report;
 pub mod runtime;
 pub mod sessions;
 pub mod shutdown;
+pub mod telemetry;
+pub mod uploader;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -56,6 +61,8 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::artifacts::ArtifactCache;
+use crate::collect::{CollectConfig, Collector};
+use crate::data_api::DataApi;
 use crate::datadir::DataDir;
 use crate::enroll::EnrollParams;
 use crate::files::NodeContext;
@@ -63,15 +70,20 @@ use crate::identity::{Identity, IdentityStore};
 use crate::journal::{Journal, JournalError};
 use crate::local_api::LocalApi;
 use crate::locks::Locks;
+use crate::outbox::{Outbox, OutboxConfig};
 use crate::reconcile::{FilesConfig, ProbeConfig, Reconciler};
 use crate::recorder::{NewEvent, Recorder};
 use crate::runtime::container::{ContainerConfig, ContainerRuntime};
 use crate::runtime::logs::LogRegistry;
 use crate::runtime::{ProcessConfig, ProcessRuntime, Runtimes, pidfile};
 use crate::shutdown::Shutdown;
+use crate::uploader::UploaderConfig;
 use edgefleet_wire::manifest::Runtime as WorkloadRuntime;
 
-pub use crate::local_api::{LockArgs, LockCommand, lock_command};
+pub use crate::local_api::{
+    LockArgs, LockCommand, PublishArgs, WorkloadAccess, config_command, lock_command,
+    publish_command,
+};
 
 /// Where the agent keeps its files unless told otherwise.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/edgefleet-agent";
@@ -112,6 +124,22 @@ pub struct AgentArgs {
     /// workloads need are always kept), e.g. 2Gi
     #[arg(long, env = "EDGEFLEET_ARTIFACT_CACHE_MAX", default_value = "2Gi")]
     pub artifact_cache_max: edgefleet_wire::workload::ByteSize,
+    /// How often host and workload metrics are collected
+    #[arg(long, env = "EDGEFLEET_METRICS_INTERVAL", default_value = "60s")]
+    pub metrics_interval: DurationSpec,
+    /// Disk space the outbox (records waiting for the server) may use; when full, the
+    /// oldest records of the lowest-priority stream are dropped and counted
+    #[arg(long, env = "EDGEFLEET_OUTBOX_MAX", default_value = "256Mi")]
+    pub outbox_max: edgefleet_wire::workload::ByteSize,
+    /// How long the uploader waits after a new record for more before sending (batching
+    /// saves bytes on the wire); 0s sends at once
+    #[arg(long, env = "EDGEFLEET_UPLOAD_INTERVAL", default_value = "60s")]
+    pub upload_interval: DurationSpec,
+    /// Also serve the local API on this loopback TCP address (e.g. 127.0.0.1:7070), for
+    /// workloads that cannot reach the unix socket; publish and config need the
+    /// workload's token there, and update locks are served on the socket only
+    #[arg(long, env = "EDGEFLEET_LOCAL_API_TCP")]
+    pub local_api_tcp: Option<std::net::SocketAddr>,
 }
 
 /// The delay before reconnect attempt `attempt + 1`, jittered so that a fleet that lost
@@ -124,6 +152,7 @@ pub(crate) fn reconnect_delay(attempt: u32) -> Duration {
 struct Validated {
     labels: Labels,
     heartbeat_interval: Duration,
+    metrics_interval: Duration,
 }
 
 fn validate(args: &AgentArgs) -> anyhow::Result<Validated> {
@@ -148,9 +177,25 @@ fn validate(args: &AgentArgs) -> anyhow::Result<Validated> {
             )
         })?;
     }
+    let metrics_interval = collect::validate_interval(args.metrics_interval.as_duration())
+        .context("--metrics-interval")?;
+    if args.outbox_max.0 < outbox::MIN_MAX_BYTES {
+        bail!(
+            "--outbox-max must be at least {} bytes (16Ki)",
+            outbox::MIN_MAX_BYTES
+        );
+    }
+    if let Some(addr) = args.local_api_tcp
+        && !addr.ip().is_loopback()
+    {
+        bail!(
+            "--local-api-tcp {addr}: only a loopback address (127.0.0.1:PORT, [::1]:PORT) is allowed"
+        );
+    }
     Ok(Validated {
         labels,
         heartbeat_interval,
+        metrics_interval,
     })
 }
 
@@ -189,6 +234,40 @@ pub async fn run(
     ));
     let locks = Arc::new(Locks::open(&data.locks_file(), Some(recorder.clone()))?);
     let local_api = LocalApi::bind(&data.socket())?;
+
+    // Records (metrics, application data) are durable in the outbox before anything
+    // acknowledges them, and stay there until the server has them.
+    let (outbox, recovery) = Outbox::open(
+        &data.outbox(),
+        OutboxConfig {
+            max_bytes: args.outbox_max.0,
+            ..OutboxConfig::default()
+        },
+    )
+    .with_context(|| format!("opening the outbox in {}", data.outbox().display()))?;
+    for message in recovery.messages() {
+        warn!(outbox = %data.outbox().display(), "{message}");
+    }
+    let outbox = Arc::new(outbox);
+    if let Err(error) = outbox.set_policy(
+        edgefleet_wire::telemetry::METRICS_STREAM,
+        telemetry::METRICS_POLICY,
+    ) {
+        warn!(%error, "cannot record the metrics stream's outbox policy");
+    }
+    fsutil::ensure_writable_dir(&data.api_dir(), 0o755)
+        .context("preparing the local API's socket directory")?;
+    let data_api = Arc::new(DataApi::open(
+        data.root(),
+        &identity.node,
+        data.api_socket(),
+        outbox.clone(),
+    )?);
+    let workload_api = LocalApi::bind(&data.api_socket())?;
+    let tcp_api = match args.local_api_tcp {
+        Some(addr) => Some(LocalApi::bind_tcp(addr).await?),
+        None => None,
+    };
 
     // Before anything starts: a crashed predecessor's processes must not run twice.
     let leftovers = pidfile::stop_leftovers(&data.run(), pidfile::LEFTOVER_GRACE).await;
@@ -273,6 +352,7 @@ pub async fn run(
     });
     let reconciler = reconciler
         .with_recorder(recorder.clone())
+        .with_data_api(data_api.clone())
         .with_files(
             FilesConfig {
                 root: data.files(),
@@ -306,7 +386,7 @@ pub async fn run(
     ));
     tasks.spawn(report::report_status(
         channel.clone(),
-        status_rx,
+        status_rx.clone(),
         locks.subscribe(),
         validated.heartbeat_interval,
         shutdown_rx.clone(),
@@ -316,7 +396,39 @@ pub async fn run(
         recorder.clone(),
         shutdown_rx.clone(),
     ));
-    tasks.spawn(local_api.serve(locks, shutdown_rx.clone()));
+    let handlers = local_api::Handlers {
+        locks,
+        data: Some(data_api.clone()),
+    };
+    tasks.spawn(local_api.serve(handlers.clone(), shutdown_rx.clone()));
+    tasks.spawn(workload_api.serve(handlers.clone(), shutdown_rx.clone()));
+    if let Some(tcp_api) = tcp_api {
+        info!(addr = ?tcp_api.tcp_addr(), "local API on loopback TCP");
+        tasks.spawn(tcp_api.serve(handlers, shutdown_rx.clone()));
+    }
+    tasks.spawn(telemetry::run_collection(
+        Collector::new(CollectConfig {
+            interval: validated.metrics_interval,
+            ..CollectConfig::default()
+        }),
+        outbox.clone(),
+        status_rx.clone(),
+        shutdown_rx.clone(),
+    ));
+    let routes = data_api.clone();
+    tasks.spawn(uploader::run(
+        outbox,
+        channel.clone(),
+        UploaderConfig {
+            flush_interval: args.upload_interval.as_duration(),
+            stream_meta: Arc::new(move |stream| {
+                let route = routes.route(stream);
+                (route.sink, route.deployment)
+            }),
+            ..UploaderConfig::default()
+        },
+        shutdown_rx.clone(),
+    ));
     tasks.spawn(sessions::run(channel.clone(), logs, shutdown_rx.clone()));
     tasks.spawn(housekeeping::run(
         desired_rx_for_housekeeping,

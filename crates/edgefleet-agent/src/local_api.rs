@@ -20,18 +20,20 @@ use std::time::Duration;
 use edgefleet_wire::local::{LocalRequest, LocalResponse};
 use edgefleet_wire::node::UpdateLock;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::data_api::DataApi;
 use crate::locks::Locks;
 use crate::shutdown::Shutdown;
 
 /// The socket, in the data directory.
 pub const SOCKET_FILE: &str = "agent.sock";
-/// The longest request line accepted (a request is well under 1 KiB).
-pub const LINE_MAX_BYTES: usize = 4096;
+/// The longest request line accepted: lock requests are well under 1 KiB; a `publish`
+/// carries its records.
+pub const LINE_MAX_BYTES: usize = 1024 * 1024;
 /// Mode of the socket: connecting needs write permission on it.
 pub const SOCKET_MODE: u32 = 0o660;
 /// Connections served at once; more are answered with an error and closed.
@@ -68,8 +70,41 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Loca
 /// socket file.
 #[derive(Debug)]
 pub struct LocalApi {
-    listener: UnixListener,
-    _file: SocketFile,
+    listener: Listener,
+}
+
+#[derive(Debug)]
+enum Listener {
+    Unix {
+        listener: UnixListener,
+        /// Removes the socket file when dropped.
+        _file: SocketFile,
+    },
+    /// Loopback TCP: `publish` and `config` need a workload token; locks are refused.
+    Tcp(TcpListener),
+}
+
+/// What answers requests: update locks, and the data API when the agent runs one.
+#[derive(Debug, Clone)]
+pub struct Handlers {
+    pub locks: Arc<Locks>,
+    pub data: Option<Arc<DataApi>>,
+}
+
+impl Handlers {
+    async fn handle(&self, request: LocalRequest, tcp: bool) -> LocalResponse {
+        match request {
+            LocalRequest::Publish { .. } | LocalRequest::Config { .. } => match &self.data {
+                Some(data) => data.handle(request).await,
+                None => failure("this agent has no data API", &self.locks),
+            },
+            _ if tcp => failure(
+                "update locks are served on the unix socket only",
+                &self.locks,
+            ),
+            request => self.locks.handle(request).await,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -95,23 +130,51 @@ impl LocalApi {
         fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(io_error("setting the mode of", path))?;
         Ok(Self {
-            listener,
-            _file: file,
+            listener: Listener::Unix {
+                listener,
+                _file: file,
+            },
         })
     }
 
+    /// Listens on a loopback TCP address (refused for any other address: the token is the
+    /// only protection, so the port must not be reachable from the network).
+    pub async fn bind_tcp(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "--local-api-tcp {addr}: only a loopback address (127.0.0.1, ::1) is allowed"
+            );
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {addr} for the local API: {e}"))?;
+        Ok(Self {
+            listener: Listener::Tcp(listener),
+        })
+    }
+
+    /// The TCP address, when listening on TCP.
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.listener {
+            Listener::Tcp(listener) => listener.local_addr().ok(),
+            Listener::Unix { .. } => None,
+        }
+    }
+
     /// Answers requests until shutdown, then removes the socket.
-    pub async fn serve(self, locks: Arc<Locks>, mut shutdown: Shutdown) {
+    pub async fn serve(self, handlers: Handlers, mut shutdown: Shutdown) {
+        let locks = handlers.locks.clone();
+        let tcp = matches!(self.listener, Listener::Tcp(_));
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut connections = JoinSet::new();
         loop {
             let accepted = tokio::select! {
                 () = shutdown.wait() => break,
-                accepted = self.listener.accept() => accepted,
+                accepted = self.accept() => accepted,
                 Some(_) = connections.join_next() => continue,
             };
             let stream = match accepted {
-                Ok((stream, _)) => stream,
+                Ok(stream) => stream,
                 Err(error) => {
                     // Out of file descriptors, usually: wait instead of spinning.
                     warn!(%error, "accepting a local API connection failed");
@@ -123,15 +186,47 @@ impl LocalApi {
                 connections.spawn(refuse(stream, locks.clone()));
                 continue;
             };
-            let locks = locks.clone();
+            let handlers = handlers.clone();
             connections.spawn(async move {
-                if let Err(error) = serve_connection(stream, &locks).await {
+                if let Err(error) = serve_connection(stream, &handlers, tcp).await {
                     debug!(%error, "local API connection ended");
                 }
                 drop(slot);
             });
         }
         connections.shutdown().await;
+    }
+
+    async fn accept(&self) -> io::Result<Connection> {
+        match &self.listener {
+            Listener::Unix { listener, .. } => Ok(Connection::Unix(listener.accept().await?.0)),
+            Listener::Tcp(listener) => Ok(Connection::Tcp(listener.accept().await?.0)),
+        }
+    }
+}
+
+enum Connection {
+    Unix(UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Connection {
+    fn split(
+        self,
+    ) -> (
+        Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    ) {
+        match self {
+            Self::Unix(stream) => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Self::Tcp(stream) => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+        }
     }
 }
 
@@ -157,6 +252,7 @@ fn failure(message: impl Into<String>, locks: &Locks) -> LocalResponse {
         ok: false,
         error: Some(message.into()),
         locks: locks.list(),
+        ..LocalResponse::default()
     }
 }
 
@@ -169,7 +265,8 @@ async fn write_response<W: AsyncWriteExt + Unpin>(
     writer.write_all(&line).await
 }
 
-async fn refuse(mut stream: UnixStream, locks: Arc<Locks>) {
+async fn refuse(stream: Connection, locks: Arc<Locks>) {
+    let (_, mut stream) = stream.split();
     let response = failure(
         format!(
             "the agent serves at most {MAX_CONNECTIONS} local API connections at once; try again"
@@ -179,8 +276,9 @@ async fn refuse(mut stream: UnixStream, locks: Arc<Locks>) {
     let _ = write_response(&mut stream, &response).await;
 }
 
-async fn serve_connection(stream: UnixStream, locks: &Locks) -> io::Result<()> {
-    let (reader, mut writer) = stream.into_split();
+async fn serve_connection(stream: Connection, handlers: &Handlers, tcp: bool) -> io::Result<()> {
+    let locks = &handlers.locks;
+    let (reader, mut writer) = stream.split();
     let mut reader = BufReader::new(reader);
     loop {
         let Ok(line) =
@@ -204,7 +302,7 @@ async fn serve_connection(stream: UnixStream, locks: &Locks) -> io::Result<()> {
                 locks,
             ),
             Line::Complete(line) => match parse_request(&line) {
-                Ok(request) => locks.handle(request).await,
+                Ok(request) => handlers.handle(request, tcp).await,
                 Err(message) => failure(message, locks),
             },
         };
@@ -341,10 +439,143 @@ pub async fn request(
     request: &LocalRequest,
 ) -> Result<LocalResponse, ClientError> {
     let socket = data_dir.join(SOCKET_FILE);
-    match tokio::time::timeout(CLIENT_TIMEOUT, exchange(data_dir, &socket, request)).await {
+    request_socket(data_dir, &socket, request).await
+}
+
+/// Sends one request over the socket at `socket` (of the agent using `data_dir`, for
+/// messages).
+pub async fn request_socket(
+    data_dir: &Path,
+    socket: &Path,
+    request: &LocalRequest,
+) -> Result<LocalResponse, ClientError> {
+    match tokio::time::timeout(CLIENT_TIMEOUT, exchange(data_dir, socket, request)).await {
         Ok(result) => result,
-        Err(_) => Err(ClientError::Timeout { socket }),
+        Err(_) => Err(ClientError::Timeout {
+            socket: socket.to_owned(),
+        }),
     }
+}
+
+/// `edgefleet-agent publish STREAM`: publish records from a workload, with the socket and
+/// token the agent gave it in its environment.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PublishArgs {
+    /// The stream, as declared in the deployment's `streams`
+    pub stream: String,
+    /// One JSON record; without it (and without --bytes-file), every line of standard
+    /// input is a JSON record, sent in batches
+    #[arg(long, value_name = "JSON", conflicts_with = "bytes_file")]
+    pub json: Option<String>,
+    /// One record of opaque bytes: the content of FILE (`-` for standard input)
+    #[arg(long, value_name = "FILE")]
+    pub bytes_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub access: WorkloadAccess,
+}
+
+/// How a workload reaches the local API: given to it by the agent.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkloadAccess {
+    /// The local API's socket
+    #[arg(long, env = edgefleet_wire::local::LOCAL_API_ENV, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The workload's token
+    #[arg(long, env = edgefleet_wire::local::WORKLOAD_TOKEN_ENV, value_name = "TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+/// Records per request when publishing lines from standard input.
+const PUBLISH_BATCH: usize = 500;
+
+async fn call(access: &WorkloadAccess, request: &LocalRequest) -> anyhow::Result<LocalResponse> {
+    let dir = access.socket.parent().unwrap_or(Path::new("/"));
+    let response = request_socket(dir, &access.socket, request).await?;
+    if !response.ok {
+        anyhow::bail!(
+            "{}",
+            response
+                .error
+                .unwrap_or_else(|| "the agent refused the request without saying why".to_owned())
+        );
+    }
+    Ok(response)
+}
+
+/// Runs `edgefleet-agent publish`; returns what to print: the records' sequence numbers,
+/// one per line.
+pub async fn publish_command(args: &PublishArgs) -> anyhow::Result<String> {
+    use base64::Engine;
+    use std::io::Read;
+    let publish = |json, records, bytes| LocalRequest::Publish {
+        token: args.access.token.clone(),
+        stream: args.stream.clone(),
+        json,
+        records,
+        bytes,
+    };
+    if let Some(text) = &args.json {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--json is not JSON: {e}"))?;
+        let response = call(&args.access, &publish(Some(value), Vec::new(), None)).await?;
+        return Ok(response.seq.map(|s| format!("{s}\n")).unwrap_or_default());
+    }
+    if let Some(path) = &args.bytes_file {
+        let mut content = Vec::new();
+        if path.as_os_str() == "-" {
+            std::io::stdin().read_to_end(&mut content)?;
+        } else {
+            content =
+                fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        }
+        let encoded = base64::engine::general_purpose::STANDARD.encode(content);
+        let response = call(&args.access, &publish(None, Vec::new(), Some(encoded))).await?;
+        return Ok(response.seq.map(|s| format!("{s}\n")).unwrap_or_default());
+    }
+    let mut out = String::new();
+    let mut batch = Vec::new();
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("standard input line {} is not JSON: {e}", number + 1))?;
+        batch.push(value);
+        if batch.len() == PUBLISH_BATCH {
+            let response = call(
+                &args.access,
+                &publish(None, std::mem::take(&mut batch), None),
+            )
+            .await?;
+            for seq in response.seqs {
+                out.push_str(&format!("{seq}\n"));
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let response = call(&args.access, &publish(None, batch, None)).await?;
+        for seq in response.seqs {
+            out.push_str(&format!("{seq}\n"));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `edgefleet-agent config`: the calling workload's configuration, as JSON.
+pub async fn config_command(access: &WorkloadAccess) -> anyhow::Result<String> {
+    let response = call(
+        access,
+        &LocalRequest::Config {
+            token: access.token.clone(),
+        },
+    )
+    .await?;
+    let config = response
+        .config
+        .ok_or_else(|| anyhow::anyhow!("the agent answered without the configuration"))?;
+    Ok(serde_json::to_string_pretty(&config)? + "\n")
 }
 
 async fn exchange(

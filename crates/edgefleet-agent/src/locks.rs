@@ -177,17 +177,27 @@ impl Locks {
             LocalRequest::Acquire { workload, reason } => self.acquire(&workload, &reason).await,
             LocalRequest::Release { workload } => self.release(&workload).await,
             LocalRequest::List => Ok(self.list()),
+            LocalRequest::Publish { .. } | LocalRequest::Config { .. } => {
+                return LocalResponse {
+                    ok: false,
+                    error: Some("not an update-lock request".to_owned()),
+                    locks: self.list(),
+                    ..LocalResponse::default()
+                };
+            }
         };
         match result {
             Ok(locks) => LocalResponse {
                 ok: true,
                 error: None,
                 locks,
+                ..LocalResponse::default()
             },
             Err(error) => LocalResponse {
                 ok: false,
                 error: Some(error.to_string()),
                 locks: self.list(),
+                ..LocalResponse::default()
             },
         }
     }

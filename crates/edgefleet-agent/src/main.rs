@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edgefleet_agent::{AgentArgs, LockArgs};
+use edgefleet_agent::{AgentArgs, LockArgs, PublishArgs, WorkloadAccess};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -35,6 +35,23 @@ Examples:
   edgefleet-agent lock release till
   edgefleet-agent lock list --data-dir /var/lib/edgefleet-agent")]
     Lock(LockArgs),
+    /// Publish records to a stream of this workload's deployment (run inside a workload)
+    #[command(after_help = "\
+Examples:
+  edgefleet-agent publish readings --json '{\"temp\":21.5}'
+  sensor-reader | edgefleet-agent publish readings        # one JSON record per line
+  edgefleet-agent publish frames --bytes-file frame.bin
+
+The agent gives every workload EDGEFLEET_LOCAL_API (its socket) and EDGEFLEET_WORKLOAD_TOKEN.
+Each record's sequence number is printed once the record is on the node's disk; from then
+on it reaches the server even across crashes.")]
+    Publish(PublishArgs),
+    /// Print this workload's configuration as the node runs it (run inside a workload)
+    #[command(after_help = "\
+Examples:
+  edgefleet-agent config
+  edgefleet-agent config | jq .env")]
+    Config(WorkloadAccess),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +69,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Lock(args)) => lock(&runtime, &args),
+        Some(Command::Publish(args)) => {
+            print_result(runtime.block_on(edgefleet_agent::publish_command(&args)))
+        }
+        Some(Command::Config(access)) => {
+            print_result(runtime.block_on(edgefleet_agent::config_command(&access)))
+        }
         None => agent(&runtime, cli.agent),
     }
 }
@@ -65,6 +88,19 @@ fn agent(runtime: &tokio::runtime::Runtime, args: AgentArgs) -> ExitCode {
         .init();
     match runtime.block_on(edgefleet_agent::run(args, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_result(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

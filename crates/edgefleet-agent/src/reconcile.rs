@@ -22,6 +22,7 @@ use edgefleet_wire::node::{NodeEventKind, WorkloadState, WorkloadStatus};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::data_api::DataApi;
 use crate::files::{self, NodeContext, Rendered};
 use crate::health::{self, ProbeHandle};
 use crate::recorder::{NewEvent, Recorder};
@@ -63,6 +64,8 @@ pub struct Reconciler {
     probes: Option<ProbeConfig>,
     /// The probes of each running instance, by workload: `(instance, handle)`.
     probing: HashMap<String, (u64, ProbeHandle)>,
+    /// The local API workloads are told about, with their tokens.
+    data_api: Option<Arc<DataApi>>,
 }
 
 /// Where workloads' files are rendered, and with what.
@@ -108,6 +111,7 @@ impl Reconciler {
             rendered: HashMap::new(),
             probes: None,
             probing: HashMap::new(),
+            data_api: None,
         };
         (reconciler, status_rx)
     }
@@ -117,6 +121,13 @@ impl Reconciler {
     pub fn with_files(mut self, config: FilesConfig, loopback: EventSender) -> Self {
         self.files = Some(config);
         self.loopback = Some(loopback);
+        self
+    }
+
+    /// Gives every workload the local API's socket and its token in its environment, and
+    /// keeps the data API's view of the desired state current.
+    pub fn with_data_api(mut self, api: Arc<DataApi>) -> Self {
+        self.data_api = Some(api);
         self
     }
 
@@ -208,6 +219,16 @@ impl Reconciler {
                 workload: workload.clone(),
             })
             .collect();
+        if let Some(api) = &self.data_api {
+            // Before anything starts: a new workload's first publish must find it.
+            let labels = state
+                .workloads
+                .iter()
+                .find(|w| !w.labels.is_empty())
+                .map(|w| w.labels.clone())
+                .unwrap_or_default();
+            api.update(&state, &labels);
+        }
         let effects = self.supervisor.set_wanted(now(), &wanted);
         self.applied_generation = state.generation;
         self.desired = Some(state);
@@ -347,6 +368,10 @@ impl Reconciler {
             key,
             deployment: workload.map(|w| w.deployment.clone()).unwrap_or_default(),
             revision: workload.map(|w| w.revision.clone()).unwrap_or_default(),
+            local_api: self.data_api.as_ref().map(|api| runtime::LocalApiAccess {
+                socket: api.socket().to_owned(),
+                token: api.token(name),
+            }),
         })
     }
 

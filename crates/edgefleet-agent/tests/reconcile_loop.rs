@@ -251,6 +251,7 @@ async fn workload_events_reach_the_flight_recorder() {
     // A rollback to an earlier revision replaces it; a repeat of that state (a new
     // generation only) records nothing new.
     let rolled_back = DesiredWorkload {
+        streams: Vec::new(),
         deployment: "test".into(),
         revision: "rev-0".into(),
         spec_hash: "hash-of-rev-0".into(),

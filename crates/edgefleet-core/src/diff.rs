@@ -201,6 +201,7 @@ mod tests {
 
     fn workload(deployment: &str, revision: &str, spec: WorkloadSpec) -> DesiredWorkload {
         DesiredWorkload {
+            streams: Vec::new(),
             labels: Default::default(),
             deployment: deployment.into(),
             revision: revision.into(),

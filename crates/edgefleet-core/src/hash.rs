@@ -38,6 +38,7 @@ mod tests {
 
     fn spec(command: &str) -> DeploymentSpec {
         DeploymentSpec {
+            streams: Vec::new(),
             selector: Selector::default(),
             priority: 0,
             workloads: vec![WorkloadSpec::process("w", command)],

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod backoff;
 pub mod diff;
 pub mod hash;
@@ -21,6 +22,7 @@ pub mod merge;
 pub mod probe;
 pub mod rollout;
 pub mod selector;
+pub mod streams;
 pub mod supervisor;
 pub mod template;
 pub mod window;

@@ -26,16 +26,18 @@ use crate::window::CompiledWindow;
 pub enum DocumentKind {
     Deployment,
     MaintenanceWindow,
+    AlertRule,
 }
 
 impl DocumentKind {
-    pub const ALL: [Self; 2] = [Self::Deployment, Self::MaintenanceWindow];
+    pub const ALL: [Self; 3] = [Self::Deployment, Self::MaintenanceWindow, Self::AlertRule];
 
     /// The `kind` as written in a manifest.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Deployment => "Deployment",
             Self::MaintenanceWindow => "MaintenanceWindow",
+            Self::AlertRule => "AlertRule",
         }
     }
 
@@ -44,6 +46,7 @@ impl DocumentKind {
         match self {
             Self::Deployment => "deployment",
             Self::MaintenanceWindow => "maintenance window",
+            Self::AlertRule => "alert rule",
         }
     }
 
@@ -105,6 +108,7 @@ impl std::error::Error for ManifestError {}
 pub struct Documents {
     pub deployments: Vec<DeploymentManifest>,
     pub windows: Vec<MaintenanceWindowManifest>,
+    pub alert_rules: Vec<edgefleet_wire::alert::AlertRuleManifest>,
 }
 
 /// Parses every YAML document in `text` as a deployment; any other kind is an error.
@@ -131,6 +135,7 @@ fn read_documents(
         match raw.kind {
             DocumentKind::Deployment => documents.deployments.push(raw.deserialize(source)?),
             DocumentKind::MaintenanceWindow => documents.windows.push(raw.deserialize(source)?),
+            DocumentKind::AlertRule => documents.alert_rules.push(raw.deserialize(source)?),
         }
     }
     for manifest in &documents.deployments {
@@ -164,6 +169,22 @@ fn read_documents(
         source,
         DocumentKind::MaintenanceWindow,
         documents.windows.iter().map(|w| &w.metadata),
+    )?;
+    for manifest in &documents.alert_rules {
+        crate::alerts::validate_rule(manifest).map_err(|(field, message)| {
+            invalid(
+                source,
+                DocumentKind::AlertRule,
+                &manifest.metadata,
+                field,
+                message,
+            )
+        })?;
+    }
+    refuse_duplicates(
+        source,
+        DocumentKind::AlertRule,
+        documents.alert_rules.iter().map(|r| &r.metadata),
     )?;
     Ok(documents)
 }
@@ -496,6 +517,7 @@ pub fn validate(manifest: &DeploymentManifest) -> Result<(), (String, String)> {
     )?;
     let spec = &manifest.spec;
     validate_selector(&spec.selector)?;
+    crate::streams::validate_streams(&spec.streams).map_err(|(f, m)| (format!("spec.{f}"), m))?;
     if spec.workloads.is_empty() {
         return Err((
             "spec.workloads".into(),
@@ -1139,7 +1161,7 @@ spec:
             e.to_string(),
             format!(
                 "f.yaml:{line}:7: field kind: unsupported kind \"Maintenance\": expected \
-                 \"Deployment\" or \"MaintenanceWindow\""
+                 \"Deployment\" or \"MaintenanceWindow\" or \"AlertRule\""
             )
         );
         let text = mixed().replace("kind: MaintenanceWindow\n", "");
@@ -1149,7 +1171,8 @@ spec:
         assert_eq!(e.location, Some((line, 1)), "{e}");
         assert_eq!(
             e.message,
-            "this document has no kind: expected kind \"Deployment\" or \"MaintenanceWindow\""
+            "this document has no kind: expected kind \"Deployment\" or \"MaintenanceWindow\" \
+             or \"AlertRule\""
         );
         let e = documents_err("- a\n- b\n");
         assert_eq!(e.location, Some((1, 1)), "{e}");

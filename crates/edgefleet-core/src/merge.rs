@@ -95,6 +95,7 @@ pub fn merge_for_node(labels: &Labels, deployments: &[DeploymentRef<'_>]) -> Nod
         .map(|(deployment, index)| {
             let spec = deployment.spec.workloads[index].clone();
             DesiredWorkload {
+                streams: deployment.spec.streams.clone(),
                 deployment: deployment.name.to_owned(),
                 revision: deployment.revision.to_owned(),
                 spec_hash: workload_hash(&spec),
@@ -132,6 +133,7 @@ mod tests {
 
     fn spec(selector: &str, priority: i32, workloads: &[(&str, &str)]) -> DeploymentSpec {
         DeploymentSpec {
+            streams: Vec::new(),
             selector: crate::selector::parse(selector).unwrap(),
             priority,
             workloads: workloads.iter().map(|(n, c)| workload(n, c)).collect(),

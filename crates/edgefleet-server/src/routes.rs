@@ -141,6 +141,15 @@ pub fn table() -> Vec<RouteSpec> {
         route(Get, "/readyz", "Readiness: the store answers", Public, None, "Health", |m| {
             on(m, meta::readyz)
         }),
+        route(
+            Get,
+            "/metrics",
+            "The server's metrics in the Prometheus text format 0.0.4",
+            Token(Viewer),
+            None,
+            "text",
+            |m| on(m, crate::metrics::scrape),
+        ),
         route(Get, "/v1/openapi.json", "This API as an OpenAPI 3.1 document", Public, None, "OpenApi", |m| {
             on(m, meta::openapi)
         }),
@@ -471,6 +480,15 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for spec in table() {
         let mut method_router = (spec.handler)(spec.method.filter());
+        if spec.access == Access::Node {
+            let path = spec.path;
+            method_router = method_router.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                move |state: State<AppState>, request: Request, next: Next| {
+                    crate::metrics::meter_node_traffic(state, path, request, next)
+                },
+            ));
+        }
         match spec.access {
             Access::Public | Access::JoinToken => {}
             Access::Node => {
@@ -488,6 +506,13 @@ pub fn router(state: AppState) -> Router {
                 ));
             }
         }
+        let label = crate::metrics::RouteLabel::new(spec.method.as_str(), spec.path);
+        method_router = method_router.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            move |state: State<AppState>, request: Request, next: Next| {
+                crate::metrics::observe_route(state, label, request, next)
+            },
+        ));
         router = router.route(spec.path, method_router);
     }
     router
@@ -496,6 +521,10 @@ pub fn router(state: AppState) -> Router {
         // Limits body extractors only: artifact uploads read the raw `Body` and are held to
         // --max-artifact-size instead.
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::observe_unmatched,
+        ))
         .with_state(state)
 }
 

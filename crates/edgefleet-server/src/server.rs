@@ -150,6 +150,7 @@ impl Server {
         let resync = tokio::spawn(resync_loop(state.clone()));
         let rollouts = tokio::spawn(rollout_loop(state.clone()));
         let presence = tokio::spawn(presence_loop(state.clone()));
+        let traffic = crate::metrics::TrafficFlusher::spawn(state.clone());
         let background = [
             tokio::spawn(crate::telemetry::run(state.clone())),
             tokio::spawn(crate::lake::run(state.clone())),
@@ -163,6 +164,8 @@ impl Server {
         }
         // It flushes once more when it sees the shutdown, then ends.
         let _ = presence.await;
+        // After the drain, so the last requests' traffic is stored too.
+        traffic.finish().await;
         tracing::info!("server stopped");
         Ok(())
     }

@@ -143,6 +143,10 @@ pub mod testing {
             max_body_bytes: 1024,
             artifacts_dir: dir.path().join("artifacts"),
             max_artifact_bytes: 1 << 20,
+            telemetry: crate::telemetry::Telemetry::new(&Default::default(), dir.path())
+                .unwrap(),
+            lake: crate::lake::Lake::new(&Default::default(), dir.path()).unwrap(),
+            alerts: crate::alerts::Alerts::new(&Default::default(), dir.path()).unwrap(),
         };
         let (stopping, stopping_rx) = watch::channel(false);
         (

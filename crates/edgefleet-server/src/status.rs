@@ -316,6 +316,7 @@ mod tests {
 
     fn deployment(name: &str, workloads: &[&str]) -> DeploymentRecord {
         let spec = DeploymentSpec {
+            streams: Vec::new(),
             selector: Selector::default(),
             priority: 0,
             workloads: workloads.iter().map(|w| workload(w)).collect(),

@@ -514,6 +514,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>();
         DesiredWorkload {
+            streams: Vec::new(),
             deployment: "app".into(),
             revision: format!("rev-{hash}"),
             spec_hash: hash.into(),

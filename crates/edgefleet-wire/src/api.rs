@@ -168,6 +168,10 @@ pub struct DesiredWorkload {
     /// depend on it.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// The streams of the workload's deployment: where the workload may publish records
+    /// through the agent's local API. A change here does not replace the workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::manifest::StreamSpec>,
 }
 
 /// A node's desired state: the layered merge of every deployment that selects it.
@@ -253,6 +257,9 @@ pub struct NodeDetail {
     pub conditions: Vec<Condition>,
     /// The most recent audit entries about this node, newest first.
     pub recent_changes: Vec<AuditEntry>,
+    /// Bytes on the node's channel by category, and its outbox's health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::NodeTelemetry>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

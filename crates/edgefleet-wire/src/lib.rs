@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod api;
 pub mod artifact;
 pub mod duration;

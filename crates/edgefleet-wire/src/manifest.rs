@@ -42,6 +42,76 @@ pub struct DeploymentSpec {
     /// of deployments that never set one do not depend on this field.
     #[serde(default, skip_serializing_if = "RolloutStrategy::is_default")]
     pub rollout: RolloutStrategy,
+    /// Named data streams the deployment's workloads publish to through the agent's local
+    /// API. Not serialised when empty, so revision hashes of deployments without streams
+    /// do not depend on this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamSpec>,
+}
+
+/// A data stream: records workloads publish on the node, kept in the node's outbox until
+/// the server has them, then exported to a sink of the data lake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StreamSpec {
+    /// `[a-z0-9][a-z0-9._-]*`, at most 63 characters; `metrics` is the agent's own.
+    pub name: String,
+    /// 0 to 9: when the node's outbox is full, the oldest records of the lowest priority
+    /// are dropped first.
+    #[serde(default = "StreamSpec::default_priority")]
+    pub priority: u8,
+    /// How long a record may wait on the node for the server; older ones are dropped.
+    #[serde(default = "StreamSpec::default_ttl")]
+    pub ttl: DurationSpec,
+    /// The data-lake sink the stream is exported to.
+    #[serde(default = "StreamSpec::default_sink")]
+    pub sink: String,
+    /// What records are: JSON values, or opaque bytes.
+    #[serde(default)]
+    pub format: StreamFormat,
+    /// Fields removed from JSON records on the node, before they are stored: dotted paths
+    /// (`operator.email`); a path through an array applies to each element.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+}
+
+impl StreamSpec {
+    pub const DEFAULT_PRIORITY: u8 = 5;
+    pub const MAX_PRIORITY: u8 = 9;
+    pub const DEFAULT_TTL: DurationSpec = DurationSpec::from_secs(7 * 86_400);
+
+    fn default_priority() -> u8 {
+        Self::DEFAULT_PRIORITY
+    }
+
+    fn default_ttl() -> DurationSpec {
+        Self::DEFAULT_TTL
+    }
+
+    fn default_sink() -> String {
+        crate::telemetry::DEFAULT_SINK.to_owned()
+    }
+
+    /// A JSON stream with the defaults.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            priority: Self::DEFAULT_PRIORITY,
+            ttl: Self::DEFAULT_TTL,
+            sink: Self::default_sink(),
+            format: StreamFormat::Json,
+            redact: Vec::new(),
+        }
+    }
+}
+
+/// The format of a stream's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamFormat {
+    #[default]
+    Json,
+    Bytes,
 }
 
 /// How many nodes: an absolute count (`3`) or a share of the nodes the rollout covers

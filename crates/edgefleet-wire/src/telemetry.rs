@@ -232,7 +232,7 @@ pub struct TrafficTotals {
 }
 
 /// A node's traffic and outbox health, shown by `describe node`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeTelemetry {
     /// Totals since this time (the first traffic the server counted for the node).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]

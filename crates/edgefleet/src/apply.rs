@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use edgefleet_core::hash::short;
 use edgefleet_core::manifest::Documents;
+use edgefleet_wire::alert::AlertRuleApplyResult;
 use edgefleet_wire::api::{
     ApplyAction, ApplyRequest, ApplyResponse, ApplyResult, WindowApplyResult,
 };
@@ -117,6 +118,7 @@ pub fn load(sources: &[Source], intent: Intent) -> anyhow::Result<Documents> {
     // Where each name was first seen, per kind, to report duplicates across files.
     let mut seen_deployments: BTreeMap<String, String> = BTreeMap::new();
     let mut seen_windows: BTreeMap<String, String> = BTreeMap::new();
+    let mut seen_rules: BTreeMap<String, String> = BTreeMap::new();
     for source in sources {
         let parsed = match read(source) {
             Ok(text) => edgefleet_core::manifest::parse_documents(&source.name(), &text),
@@ -152,6 +154,16 @@ pub fn load(sources: &[Source], intent: Intent) -> anyhow::Result<Documents> {
                 None => documents.windows.push(window),
             }
         }
+        for rule in parsed.alert_rules {
+            match first_definition(&mut seen_rules, &rule.metadata.name, source) {
+                Some(first) => errors.push(format!(
+                    "{}: alert rule {} is also defined in {first}",
+                    source.name(),
+                    rule.metadata.name
+                )),
+                None => documents.alert_rules.push(rule),
+            }
+        }
     }
     if !errors.is_empty() {
         let n = errors.len();
@@ -162,9 +174,12 @@ pub fn load(sources: &[Source], intent: Intent) -> anyhow::Result<Documents> {
             if n == 1 { "" } else { "s" }
         );
     }
-    if documents.deployments.is_empty() && documents.windows.is_empty() {
+    if documents.deployments.is_empty()
+        && documents.windows.is_empty()
+        && documents.alert_rules.is_empty()
+    {
         bail!(
-            "the given files hold no deployments and no maintenance windows; {}",
+            "the given files hold no deployments, maintenance windows or alert rules; {}",
             intent.nothing_done()
         );
     }
@@ -245,18 +260,43 @@ pub fn response_lines(response: &ApplyResponse) -> String {
     deployments.chain(windows).map(|line| line + "\n").collect()
 }
 
-/// Parses and sends; returns the server's answer.
-pub async fn apply(client: &ApiClient, paths: &[PathBuf]) -> anyhow::Result<ApplyResponse> {
+/// `rule/NAME created`.
+pub fn rule_result_line(result: &AlertRuleApplyResult) -> String {
+    format!("rule/{} {}", result.name, action_word(result.action))
+}
+
+/// Parses and sends: deployments and windows in one request, then alert rules in another
+/// (rules are checked by the server before anything of theirs is stored); returns the
+/// server's answers.
+pub async fn apply(
+    client: &ApiClient,
+    paths: &[PathBuf],
+) -> anyhow::Result<(ApplyResponse, Vec<AlertRuleApplyResult>)> {
     let documents = load(&expand_paths(paths)?, Intent::Apply)?;
-    send(
-        client,
-        &ApplyRequest {
-            deployments: documents.deployments,
-            windows: documents.windows,
-            plan_basis: None,
-        },
-    )
-    .await
+    let response = if documents.deployments.is_empty() && documents.windows.is_empty() {
+        ApplyResponse {
+            results: Vec::new(),
+            windows: Vec::new(),
+        }
+    } else {
+        send(
+            client,
+            &ApplyRequest {
+                deployments: documents.deployments,
+                windows: documents.windows,
+                plan_basis: None,
+            },
+        )
+        .await?
+    };
+    let rules = if documents.alert_rules.is_empty() {
+        Vec::new()
+    } else {
+        client
+            .post(&["v1", "alert-rules"], &documents.alert_rules)
+            .await?
+    };
+    Ok((response, rules))
 }
 
 /// Applies exactly the documents of the plan saved in `path`, if the fleet and the
@@ -458,7 +498,7 @@ spec:
             .to_string();
         assert_eq!(
             message,
-            "the given files hold no deployments and no maintenance windows; nothing was applied"
+            "the given files hold no deployments, maintenance windows or alert rules; nothing was applied"
         );
         let message = load(&[Source::File(empty)], Intent::Plan)
             .unwrap_err()

@@ -188,6 +188,34 @@ wrote them. The node keeps a bounded amount of output per workload (the agent's
 --log-max-bytes and --log-files); older lines are gone. The node must be online: the
 server asks its agent and relays the answer.")]
     Logs(LogsArgs),
+    /// Show metrics of a node, or fleet aggregates grouped by a node label
+    #[command(after_help = "\
+Examples:
+  edgefleet metrics edge-1                          # every metric of the node, last hour
+  edgefleet metrics edge-1 cpu.used_percent --since 6h
+  edgefleet metrics edge-1 disk.used_percent -o json
+  edgefleet metrics --group-by site mem.used_percent --since 1d
+  edgefleet metrics --group-by site disk.used_percent -l 'tier=prod'
+
+The table shows, per series, the last value, the minimum, average and maximum over the range,
+and on a terminal a sparkline. Raw samples are kept 24 h by default; older ranges come from
+5-minute rollups (the RES column says which).")]
+    Metrics(MetricsArgs),
+    /// List alerts, show one, list rules, and silence alerts for a while
+    #[command(after_help = "\
+Examples:
+  edgefleet alerts                              # firing and silenced alerts
+  edgefleet alerts --all                        # resolved ones too
+  edgefleet alerts show 01J...                  # one alert and its webhook deliveries
+  edgefleet alerts rules
+  edgefleet alerts silence --site berlin --for 2h --comment 'power work'
+  edgefleet alerts silence --rule disk-full --node edge-7 --for 30m
+  edgefleet alerts silences
+  edgefleet alerts unsilence SILENCE_ID
+  edgefleet alerts delete-rule disk-full
+
+Alert rules are `kind: AlertRule` documents, applied with `edgefleet apply -f`.")]
+    Alerts(AlertsArgs),
     /// List nodes, deployments, maintenance windows, join tokens or API tokens
     #[command(after_help = "\
 Examples:
@@ -279,6 +307,23 @@ Examples:
 A rollout does not update a node while one of its workloads holds a lock, for at most the
 deployment's rollout.maxLockDeferral.")]
     Lock(edgefleet_agent::LockArgs),
+    /// Publish records to a stream of this workload's deployment (run inside a workload)
+    #[command(after_help = "\
+Examples:
+  edgefleet agent publish readings --json '{\"temp\":21.5}'
+  sensor-reader | edgefleet agent publish readings        # one JSON record per line
+  edgefleet agent publish frames --bytes-file frame.bin
+
+The agent gives every workload EDGEFLEET_LOCAL_API (its socket) and EDGEFLEET_WORKLOAD_TOKEN.
+Each record's sequence number is printed once the record is on the node's disk; from then
+on it reaches the server even across crashes.")]
+    Publish(edgefleet_agent::PublishArgs),
+    /// Print this workload's configuration as the node runs it (run inside a workload)
+    #[command(after_help = "\
+Examples:
+  edgefleet agent config
+  edgefleet agent config | jq .env")]
+    Config(edgefleet_agent::WorkloadAccess),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -549,6 +594,92 @@ pub struct LogsArgs {
     /// Put each line's time (UTC, microseconds) in front of it
     #[arg(long)]
     pub timestamps: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AlertsArgs {
+    #[command(subcommand)]
+    pub command: Option<AlertsCommand>,
+    /// Resolved alerts too (most recent first)
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AlertsCommand {
+    /// One alert, with its webhook deliveries
+    #[command(after_help = "Examples:\n  edgefleet alerts show 1a2b3c4d\n  edgefleet alerts show 1a2b3c4d -o json")]
+    Show {
+        id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// The alert rules and how many of their alerts fire
+    #[command(after_help = "Examples:\n  edgefleet alerts rules\n  edgefleet alerts rules -o yaml      # the manifests as applied")]
+    Rules {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Remove an alert rule (its firing alerts resolve)
+    #[command(after_help = "Examples:\n  edgefleet alerts delete-rule disk-full")]
+    DeleteRule { name: String },
+    /// Silence matching alerts for a while: they are tracked, not sent to webhooks
+    #[command(after_help = "Examples:\n  edgefleet alerts silence --site berlin --for 2h --comment 'power work'\n  edgefleet alerts silence --rule disk-full --node edge-7 --for 30m\n\nEvery given matcher must match. A silence that ends while its alerts still fire lets\nthem be notified then.")]
+    Silence {
+        /// Alerts of this rule
+        #[arg(long)]
+        rule: Option<String>,
+        /// Alerts about this node
+        #[arg(long)]
+        node: Option<String>,
+        /// Alerts about this site, or about its nodes
+        #[arg(long)]
+        site: Option<String>,
+        /// Alerts with these labels, `key=value,key2=value2`
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// For how long (30m, 2h, 1d)
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: edgefleet_wire::DurationSpec,
+        /// Why (shown in `edgefleet alerts silences`)
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Silences, newest first
+    #[command(after_help = "Examples:\n  edgefleet alerts silences\n  edgefleet alerts silences -o json")]
+    Silences {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// End a silence now
+    #[command(after_help = "Examples:\n  edgefleet alerts unsilence 5e6f7a8b")]
+    Unsilence { id: String },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// NODE [METRIC] for one node; with --group-by only METRIC
+    #[arg(value_name = "NODE|METRIC", num_args = 0..=2)]
+    pub targets: Vec<String>,
+    /// From when: a duration back from now (10m, 2h, 1d) or an RFC 3339 time
+    #[arg(long, value_name = "WHEN", default_value = "1h")]
+    pub since: crate::logs::Since,
+    /// Until when (default: now)
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<crate::logs::Since>,
+    /// Aggregate over nodes, one series per value of this node label (site, region, ...)
+    #[arg(long, value_name = "LABEL")]
+    pub group_by: Option<String>,
+    /// Only nodes matching this label selector
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Sparkline width, in characters (0: none)
+    #[arg(long, default_value_t = 30)]
+    pub width: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]

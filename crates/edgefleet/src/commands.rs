@@ -53,11 +53,16 @@ pub fn connect(global: &GlobalArgs) -> anyhow::Result<ApiClient> {
 }
 
 pub async fn apply(client: &ApiClient, args: &ApplyArgs) -> anyhow::Result<()> {
-    let response = match &args.plan {
-        Some(plan) => apply::apply_plan(client, plan).await?,
+    let (response, rules) = match &args.plan {
+        Some(plan) => (apply::apply_plan(client, plan).await?, Vec::new()),
         None => apply::apply(client, &args.files).await?,
     };
-    output::stdout(&apply::response_lines(&response))
+    let mut text = apply::response_lines(&response);
+    for rule in &rules {
+        text.push_str(&apply::rule_result_line(rule));
+        text.push('\n');
+    }
+    output::stdout(&text)
 }
 
 fn parse_selector(input: &str) -> anyhow::Result<Selector> {

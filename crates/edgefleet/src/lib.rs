@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod apply;
 pub mod artifact;
 pub mod children;
@@ -26,6 +27,7 @@ pub mod explain;
 pub mod human;
 pub mod login;
 pub mod logs;
+pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod quickstart;
@@ -122,6 +124,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let text = edgefleet_agent::lock_command(&args).await?;
                 output::stdout(&text)
             }
+            Some(cli::AgentSubcommand::Publish(args)) => {
+                output::stdout(&edgefleet_agent::publish_command(&args).await?)
+            }
+            Some(cli::AgentSubcommand::Config(access)) => {
+                output::stdout(&edgefleet_agent::config_command(&access).await?)
+            }
             None => edgefleet_agent::run(command.args, shutdown::requested()?).await,
         },
         Command::Quickstart(args) => quickstart::run(args).await,
@@ -133,6 +141,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(command) => explain::run(&commands::connect(&global)?, &command).await,
         Command::Events(command) => commands::events(&commands::connect(&global)?, &command).await,
         Command::Logs(args) => logs::run(&commands::connect(&global)?, &args).await,
+        Command::Metrics(args) => metrics::run(&commands::connect(&global)?, &args).await,
+        Command::Alerts(args) => alerts::run(&commands::connect(&global)?, &args).await,
         Command::Get(args) => commands::get(&commands::connect(&global)?, &args).await,
         Command::Describe(command) => {
             commands::describe(&commands::connect(&global)?, &command).await

@@ -46,7 +46,7 @@ impl FromStr for Since {
 impl Since {
     /// As the server takes it: the duration is measured back from the server's clock, not
     /// this machine's.
-    fn query_value(&self) -> String {
+    pub fn query_value(&self) -> String {
         match self {
             Self::At(at) => at.format(&Rfc3339).unwrap_or_else(|_| at.to_string()),
             Self::Ago(duration) => duration.to_string(),

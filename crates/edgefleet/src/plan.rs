@@ -453,6 +453,7 @@ mod tests {
         DeploymentManifest::new(
             name,
             DeploymentSpec {
+                streams: Vec::new(),
                 selector: Default::default(),
                 priority: 0,
                 workloads: vec![WorkloadSpec::process("web", "/bin/web")],

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 
 use crate::human;
 use crate::table::Table;
+use edgefleet_wire::telemetry::NodeTelemetry;
 
 /// `k=v,k2=v2`, or `<none>`.
 pub fn labels(labels: &Labels) -> String {
@@ -353,12 +354,70 @@ pub fn describe_node(
         node_workloads_section(&detail.desired.workloads, reported, now),
         conflicts_section(&detail.conflicts),
         conditions_section(&detail.conditions),
-        recent_changes_section(&detail.recent_changes, now),
     ];
+    if let Some(telemetry) = &detail.telemetry {
+        sections.push(telemetry_section(telemetry, now));
+    }
+    sections.push(recent_changes_section(&detail.recent_changes, now));
     if let Some(events) = timeline {
         sections.push(timeline_section(events, now));
     }
     sections.join("\n")
+}
+
+/// Traffic by category (with the per-day rate since counting began) and the outbox.
+fn telemetry_section(telemetry: &NodeTelemetry, now: OffsetDateTime) -> String {
+    let mut text = String::from("Traffic:\n");
+    if telemetry.traffic.is_empty() {
+        text.push_str("  (none counted yet)\n");
+    } else {
+        let days = telemetry
+            .since
+            .map(|since| (now - since).as_seconds_f64() / 86_400.0)
+            .filter(|days| *days > 0.0);
+        let mut table = Table::new(["CATEGORY", "UP", "DOWN", "REQUESTS", "PER DAY"]);
+        for totals in &telemetry.traffic {
+            let per_day = days.map_or("-".to_owned(), |days| {
+                human::size(((totals.bytes_up + totals.bytes_down) as f64 / days) as u64)
+            });
+            table.row([
+                serde_json::to_value(totals.category)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                human::size(totals.bytes_up),
+                human::size(totals.bytes_down),
+                totals.requests.to_string(),
+                per_day,
+            ]);
+        }
+        text.push_str(&table.render_indented("  "));
+        if let Some(since) = telemetry.since {
+            text.push_str(&format!(
+                "  counted since {}\n",
+                human::timestamp_with_age(Some(since), now)
+            ));
+        }
+    }
+    text.push_str(&format!(
+        "Outbox:\n  backlog {} in {} records, last upload {}\n",
+        human::size(telemetry.backlog_bytes),
+        telemetry.backlog_records,
+        human::timestamp_with_age(telemetry.last_upload, now)
+    ));
+    for drop in &telemetry.dropped {
+        text.push_str(&format!(
+            "  dropped from {}: {} records ({}), {}\n",
+            drop.stream,
+            drop.records,
+            human::size(drop.bytes),
+            match drop.reason {
+                edgefleet_wire::telemetry::DropReason::Full => "outbox full",
+                edgefleet_wire::telemetry::DropReason::Expired => "older than the stream's ttl",
+            }
+        ));
+    }
+    text
 }
 
 fn non_empty(value: &str) -> String {
@@ -990,6 +1049,7 @@ mod tests {
                 generation: 3,
                 workloads: vec![
                     DesiredWorkload {
+                        streams: Vec::new(),
                         deployment: "base".into(),
                         revision: "r1".into(),
                         spec_hash: "h1".into(),
@@ -998,6 +1058,7 @@ mod tests {
                         labels: Default::default(),
                     },
                     DesiredWorkload {
+                        streams: Vec::new(),
                         deployment: "base".into(),
                         revision: "r1".into(),
                         spec_hash: "h2".into(),
@@ -1022,6 +1083,7 @@ mod tests {
                 reason: "heartbeat 3s ago".into(),
             }],
             recent_changes: vec![],
+            telemetry: None,
         }
     }
 
@@ -1118,6 +1180,7 @@ Recent changes: <none>
                     labels: Labels::new(),
                 },
                 spec: DeploymentSpec {
+                    streams: Vec::new(),
                     selector: Selector {
                         match_labels: label_set(&[("site", "berlin")]),
                         match_expressions: vec![],

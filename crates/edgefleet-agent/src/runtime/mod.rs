@@ -50,6 +50,18 @@ pub struct Launch {
     pub key: String,
     pub deployment: String,
     pub revision: String,
+    /// How the workload reaches the agent's local API (`None` when the agent runs none).
+    pub local_api: Option<LocalApiAccess>,
+}
+
+/// The local API's socket and the workload's token, handed to it in its environment
+/// (`edgefleet_wire::local::LOCAL_API_ENV`, `WORKLOAD_TOKEN_ENV`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalApiAccess {
+    /// The socket on the node, in a directory of its own (containers get that directory
+    /// mounted at `edgefleet_wire::local::CONTAINER_API_DIR`).
+    pub socket: PathBuf,
+    pub token: String,
 }
 
 impl Launch {
@@ -63,6 +75,7 @@ impl Launch {
             spec_hash,
             deployment: String::new(),
             revision: String::new(),
+            local_api: None,
         }
     }
 }

@@ -79,6 +79,15 @@ impl ProcessRuntime {
                     .iter()
                     .map(|dir| (edgefleet_wire::workload::FILES_DIR_ENV, dir.as_os_str())),
             )
+            .envs(launch.local_api.iter().flat_map(|api| {
+                [
+                    (edgefleet_wire::local::LOCAL_API_ENV, api.socket.as_os_str()),
+                    (
+                        edgefleet_wire::local::WORKLOAD_TOKEN_ENV,
+                        std::ffi::OsStr::new(api.token.as_str()),
+                    ),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

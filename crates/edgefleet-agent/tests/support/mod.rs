@@ -93,6 +93,7 @@ pub fn spec(name: &str, command: &str, args: &[&str]) -> WorkloadSpec {
 
 pub fn desired(spec: WorkloadSpec) -> DesiredWorkload {
     DesiredWorkload {
+        streams: Vec::new(),
         deployment: "test".into(),
         revision: "rev-1".into(),
         spec_hash: format!("hash-of-{}-{}", spec.name, spec.args.join("-")),

@@ -14,6 +14,7 @@ fn desired(name: &str, command: &str, policy: RestartPolicy) -> DesiredWorkload 
         ..WorkloadSpec::process(name, command)
     };
     DesiredWorkload {
+        streams: Vec::new(),
         deployment: "d".into(),
         revision: "r1".into(),
         spec_hash: workload_hash(&spec),
@@ -592,6 +593,7 @@ fn readiness_is_reported_only_for_workloads_with_a_probe() {
         host: None,
     })));
     let with_probe = DesiredWorkload {
+        streams: Vec::new(),
         deployment: "d".into(),
         revision: "r1".into(),
         spec_hash: workload_hash(&spec),

@@ -14,6 +14,7 @@ fn node(name: &str, labels: &str) -> NodeRecord {
 
 fn deployment(name: &str, selector: &str, priority: i32, command: &str) -> DeploymentRecord {
     let spec = DeploymentSpec {
+        streams: Vec::new(),
         selector: edgefleet_core::selector::parse(selector).unwrap(),
         priority,
         workloads: vec![WorkloadSpec::process("app", command)],
@@ -136,6 +137,7 @@ mod rollouts {
         DeploymentManifest::new(
             "web",
             DeploymentSpec {
+                streams: Vec::new(),
                 selector: Selector::default(),
                 priority: 0,
                 workloads: vec![WorkloadSpec::process("app", command)],
@@ -363,6 +365,7 @@ mod observations {
     fn desired(command: &str) -> DesiredWorkload {
         let spec = WorkloadSpec::process("app", command);
         DesiredWorkload {
+            streams: Vec::new(),
             deployment: "web".into(),
             revision: "r2".into(),
             spec_hash: edgefleet_core::hash::workload_hash(&spec),

@@ -97,6 +97,7 @@ pub async fn detail(
         reported: node.reported,
         conflicts: node.conflicts,
         recent_changes,
+        telemetry: None,
     }))
 }
 

@@ -72,6 +72,7 @@ mod plans {
 
     fn spec(selector: &str, priority: i32, workloads: &[(&str, &str)]) -> DeploymentSpec {
         DeploymentSpec {
+            streams: Vec::new(),
             selector: edgefleet_core::selector::parse(selector).unwrap(),
             priority,
             workloads: workloads

@@ -24,10 +24,13 @@ mod sqlite;
 mod telemetry;
 mod traffic;
 
-pub use alerts::AlertStore;
+pub use alerts::{
+    AlertFilter, AlertRuleRecord, AlertStore, DeliveryOutcome, NewNotification, Pruned,
+    QueuedNotification,
+};
 pub use lake::LakeStore;
 pub use telemetry::TelemetryStore;
-pub use traffic::TrafficStore;
+pub use traffic::{FleetCounts, NodeLiveness, TRAFFIC_CATEGORIES, TrafficDelta, TrafficStore};
 
 /// Opens the default (embedded) store kept in the data directory.
 pub async fn open(data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {

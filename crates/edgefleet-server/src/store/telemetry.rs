@@ -1,11 +1,36 @@
 //! Telemetry uploaded by agents: outbox stream cursors (deduplication), stored records,
-//! metric samples and their rollups.
+//! metric samples and their five-minute rollups.
+//!
+//! **Exactly once.** Every (node, stream) has a cursor: the outbox id it belongs to and the
+//! highest sequence number stored. `ingest_upload` stores, in one transaction, only the
+//! records above the cursor and advances it, so a batch sent again has no effect. A batch
+//! from another outbox id (the node's outbox was wiped) resets the stream's cursor first.
+//!
+//! **Rollups.** Raw samples are summed into five-minute buckets per (node, metric, labels).
+//! One watermark `W` (a bucket boundary) says how far that went, with this invariant: every
+//! raw sample with `time < W` is counted in the rollups exactly once, no sample with
+//! `time >= W` is. `roll_up_metrics` moves `W` forward in bounded chunks, each chunk in one
+//! transaction together with the rollups it adds; a sample that arrives late (`time < W`,
+//! from a node that was offline) is added to its rollup by the ingest transaction itself.
+//!
+//! **Retention.** Raw samples older than the raw retention are deleted only once they are
+//! rolled up (`time < W`) and exported to the lake (`id <=` the lake's `metrics` cursor);
+//! rollups older than the rollup retention are deleted. Stream records are deleted by the
+//! lake exporter, never here.
+//!
+//! The data types of uploads, steps and reads live in `crate::telemetry::model` (shared
+//! with the decoder and the query planner) and are re-exported here.
+
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
-use edgefleet_wire::telemetry::{DropCount, UploadBatch};
+use edgefleet_wire::telemetry::{DropCount, NodeTelemetry};
 use edgefleet_wire::{Labels, Timestamp};
 
 use super::StoreResult;
+pub use crate::telemetry::model::{
+    BucketQuery, ExpireStep, GroupSeries, IngestBatch, IngestOutcome, NodeSeriesAnswer, RollupStep,
+};
 
 /// One stored metric sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,22 +55,53 @@ pub struct NodeDropCount {
 pub trait TelemetryStore: Send + Sync {
     /// Raw samples of metric `name` of every node taken at or after `since`, oldest first.
     /// Alert rules read their windows through this.
-    async fn metric_window(&self, _name: &str, _since: Timestamp) -> StoreResult<Vec<MetricRow>> {
-        Ok(Vec::new())
-    }
+    async fn metric_window(&self, name: &str, since: Timestamp) -> StoreResult<Vec<MetricRow>>;
 
     /// The drop totals every node reported.
-    async fn drop_totals(&self) -> StoreResult<Vec<NodeDropCount>> {
-        Ok(Vec::new())
-    }
+    async fn drop_totals(&self) -> StoreResult<Vec<NodeDropCount>>;
 
-    /// Stores an upload (see `edgefleet_wire::telemetry`).
+    /// Stores an upload of `node` exactly once (see the module docs), in one transaction:
+    /// records above each stream's cursor, the cursors, drop totals (the highest reported
+    /// for the outbox), the backlog and `now` as the node's last upload.
     async fn ingest_upload(
         &self,
-        _node: &str,
-        _batch: UploadBatch,
-        _now: Timestamp,
-    ) -> StoreResult<()> {
-        Ok(())
-    }
+        node: &str,
+        batch: IngestBatch,
+        now: Timestamp,
+    ) -> StoreResult<IngestOutcome>;
+
+    /// A node's drop totals, backlog and last upload (`traffic` and `since` are left empty:
+    /// traffic accounting fills them).
+    async fn node_telemetry(&self, node: &str) -> StoreResult<NodeTelemetry>;
+
+    /// Rolls up one bounded chunk of complete buckets: buckets ending at or before
+    /// `now - ROLLUP_BUCKET`, at most about `max_samples` raw samples (but at least one
+    /// bucket). Idempotent: the watermark moves in the same transaction.
+    async fn roll_up_metrics(&self, now: Timestamp, max_samples: u64) -> StoreResult<RollupStep>;
+
+    /// Deletes at most `limit` raw samples older than `raw_before` (only rolled-up ones the
+    /// lake has exported) and at most `limit` rollups of buckets older than `rollups_before`.
+    async fn expire_metrics(
+        &self,
+        raw_before: Timestamp,
+        rollups_before: Timestamp,
+        limit: u64,
+    ) -> StoreResult<ExpireStep>;
+
+    /// Per-node series of a query, at most `max_series` of them; only nodes in `nodes`
+    /// when given.
+    async fn metric_node_series(
+        &self,
+        query: BucketQuery,
+        nodes: Option<HashSet<String>>,
+        max_series: usize,
+    ) -> StoreResult<NodeSeriesAnswer>;
+
+    /// Series aggregated over the nodes of each group: `groups` maps each node taken into
+    /// account to its group; samples of other nodes are ignored.
+    async fn metric_group_series(
+        &self,
+        query: BucketQuery,
+        groups: HashMap<String, String>,
+    ) -> StoreResult<Vec<GroupSeries>>;
 }

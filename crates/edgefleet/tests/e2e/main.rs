@@ -13,6 +13,7 @@ mod offline;
 mod plan;
 mod rollouts;
 mod security;
+mod telemetry;
 mod workloads;
 
 use std::path::{Path, PathBuf};

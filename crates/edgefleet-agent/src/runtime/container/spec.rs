@@ -73,6 +73,29 @@ pub fn create_request(
         });
         env.push(format!("{FILES_DIR_ENV}={FILES_MOUNT_PATH}"));
     }
+    if let Some(api) = &launch.local_api
+        && let (Some(dir), Some(file)) = (api.socket.parent(), api.socket.file_name())
+    {
+        // The socket's directory, not the socket: an agent restart makes a new socket
+        // file, which a mount of the old one would not see.
+        let api_dir = edgefleet_wire::local::CONTAINER_API_DIR;
+        mounts.push(Mount {
+            kind: "bind".to_owned(),
+            source: dir.display().to_string(),
+            target: api_dir.to_owned(),
+            read_only: true,
+        });
+        env.push(format!(
+            "{}={api_dir}/{}",
+            edgefleet_wire::local::LOCAL_API_ENV,
+            file.to_string_lossy()
+        ));
+        env.push(format!(
+            "{}={}",
+            edgefleet_wire::local::WORKLOAD_TOKEN_ENV,
+            api.token
+        ));
+    }
     let mut exposed_ports = BTreeMap::new();
     let mut port_bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
     if !spec.ports.is_empty() && spec.network != NetworkMode::Bridge {

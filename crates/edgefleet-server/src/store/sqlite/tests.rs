@@ -66,6 +66,7 @@ fn manifest(name: &str, command: &str) -> DeploymentManifest {
             labels: Default::default(),
         },
         spec: DeploymentSpec {
+            streams: Vec::new(),
             selector: Selector::default(),
             priority: 0,
             workloads: vec![WorkloadSpec::process("w", command)],
@@ -256,6 +257,7 @@ async fn revoked_name_re_enrolls_keeping_its_generation() {
         .await
         .unwrap();
     let workloads = vec![DesiredWorkload {
+        streams: Vec::new(),
         deployment: "d".into(),
         revision: "r".into(),
         spec_hash: "h".into(),
