@@ -51,7 +51,8 @@ fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-fn appending(base: &Path, size: usize, threads: usize) -> Rate {
+/// `threads` appenders, each on its own stream or all on one.
+fn appending(base: &Path, size: usize, threads: usize, shared_stream: bool) -> Rate {
     let (_dir, outbox) = fresh(base);
     let payload = vec![b'x'; size];
     let per_thread = APPENDS / threads;
@@ -61,7 +62,11 @@ fn appending(base: &Path, size: usize, threads: usize) -> Rate {
             let outbox = &outbox;
             let payload = &payload;
             scope.spawn(move || {
-                let stream = format!("stream-{t}");
+                let stream = if shared_stream {
+                    "shared".to_owned()
+                } else {
+                    format!("stream-{t}")
+                };
                 for _ in 0..per_thread {
                     outbox
                         .append(&stream, RecordKind::Bytes, payload, now())
@@ -168,11 +173,15 @@ fn main() {
         let label = if size == 200 { "200 B" } else { "2 KiB" };
         report(
             &format!("append {label}, 1 appender"),
-            &median(&base, |b| appending(b, size, 1)),
+            &median(&base, |b| appending(b, size, 1, false)),
         );
         report(
-            &format!("append {label}, 4 concurrent appenders"),
-            &median(&base, |b| appending(b, size, 4)),
+            &format!("append {label}, 4 appenders, 4 streams"),
+            &median(&base, |b| appending(b, size, 4, false)),
+        );
+        report(
+            &format!("append {label}, 4 appenders, 1 stream"),
+            &median(&base, |b| appending(b, size, 4, true)),
         );
         report(
             &format!("append_many {label}, {BATCH} per call"),

@@ -29,6 +29,9 @@ pub fn build_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, reqwes
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_keepalive(Duration::from_secs(60))
         .pool_max_idle_per_host(2)
+        // An idle node talks every few minutes: a new TLS handshake (with the client
+        // certificate, about 5 KB) each time would cost more than everything else.
+        .pool_idle_timeout(None)
         .user_agent(concat!("edgefleet-agent/", env!("CARGO_PKG_VERSION")))
         .build()
 }

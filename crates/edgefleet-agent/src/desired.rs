@@ -1,6 +1,6 @@
 //! The desired-state long poll.
 //!
-//! `GET /v1/agent/desired?known_generation=N&wait_seconds=30` waits on the server until the
+//! `GET /v1/agent/desired?known_generation=N&wait_seconds=90` waits on the server until the
 //! node's desired state differs from generation N (200) or the wait ends (304), so a change
 //! reaches an online node at once while an idle node costs one small request per wait.
 //! A new state is written to the journal first and handed to the reconciler only once it
@@ -23,7 +23,7 @@ use crate::recorder::{NewEvent, Recorder};
 use crate::shutdown::Shutdown;
 
 /// How long the server holds a poll open.
-pub const WAIT_SECONDS: u64 = 30;
+pub const WAIT_SECONDS: u64 = 90;
 /// The client gives up on a poll this much later than the server should have answered.
 const POLL_SLACK: Duration = Duration::from_secs(15);
 

@@ -103,8 +103,9 @@ pub struct AgentArgs {
     /// Labels to enroll with, `key=value,key2=value2`
     #[arg(long, env = "EDGEFLEET_NODE_LABELS", default_value = "")]
     pub labels: String,
-    /// How often the agent sends a heartbeat (and its status) to the server
-    #[arg(long, env = "EDGEFLEET_HEARTBEAT_INTERVAL", default_value = "15s")]
+    /// How often the agent sends a heartbeat to the server when nothing else is sent (its
+    /// desired-state polls, every 90 s, keep it known as alive as well)
+    #[arg(long, env = "EDGEFLEET_HEARTBEAT_INTERVAL", default_value = "5m")]
     pub heartbeat_interval: DurationSpec,
     /// Size at which a workload's stdout.log or stderr.log is rotated, in bytes
     #[arg(long, env = "EDGEFLEET_LOG_MAX_BYTES", default_value_t = 1048576)]

@@ -1,6 +1,7 @@
 //! What the agent tells the server: its status (soon after every change, including a
-//! change of the update locks, and with every heartbeat), heartbeats, and its facts (at
-//! start and when they change).
+//! change of the update locks; after a heartbeat that follows an outage; and every
+//! `STATUS_REFRESH` otherwise), heartbeats, and its facts (at start and when they change).
+//! An idle node is cheap on the wire: its status goes only when something changed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,9 @@ use crate::shutdown::Shutdown;
 
 /// Changes arriving within this window go out as one report.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// The status goes again after this long even when unchanged, so a server that lost it
+/// (restored from a backup, crashed within its write buffer) has it again.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(30 * 60);
 /// How often facts are gathered again to see whether they changed.
 pub const FACTS_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
@@ -37,6 +41,10 @@ pub async fn report_status(
     let mut failures = 0u32;
     let mut status_open = true;
     let mut locks_open = true;
+    // When the status last reached the server, and whether the last heartbeat failed:
+    // after an outage the server hears the status at once.
+    let mut status_sent_at: Option<Instant> = None;
+    let mut heartbeat_failed = false;
     loop {
         tokio::select! {
             () = shutdown.wait() => return,
@@ -61,11 +69,19 @@ pub async fn report_status(
                     .post(channel.url("/v1/agent/heartbeat"))
                     .json(&Heartbeat { applied_generation })
                     .timeout(REQUEST_TIMEOUT);
-                if let Err(error) = send_json::<Ack>(request).await {
-                    log_failure(&error, "heartbeat failed");
+                match send_json::<Ack>(request).await {
+                    Ok(_) => {
+                        let stale = status_sent_at.is_none_or(|at| at.elapsed() >= STATUS_REFRESH);
+                        if heartbeat_failed || stale {
+                            send_at.get_or_insert_with(Instant::now);
+                        }
+                        heartbeat_failed = false;
+                    }
+                    Err(error) => {
+                        log_failure(&error, "heartbeat failed");
+                        heartbeat_failed = true;
+                    }
                 }
-                // The status goes with every heartbeat, so a server that lost it has it again.
-                send_at = Some(Instant::now());
             }
             () = tokio::time::sleep_until(send_at.unwrap_or_else(Instant::now)), if send_at.is_some() => {
                 let report = {
@@ -88,6 +104,7 @@ pub async fn report_status(
                     Ok(_) => {
                         failures = 0;
                         send_at = None;
+                        status_sent_at = Some(Instant::now());
                     }
                     Err(error) => {
                         log_failure(&error, "status report failed");

@@ -2,7 +2,7 @@
 //! `edgefleet logs`), over connections the agent opens, since the server never dials a
 //! node.
 //!
-//! `GET /v1/agent/sessions?wait_seconds=30` waits on the server until an operator opens a
+//! `GET /v1/agent/sessions?wait_seconds=90` waits on the server until an operator opens a
 //! session for this node, like the desired-state poll. Each session is answered by its
 //! own `POST /v1/agent/sessions/{id}` whose body is streamed as JSON lines of `LogFrame`:
 //! the stored lines asked for, then (when following) new lines as the workload writes
@@ -27,7 +27,7 @@ use crate::runtime::logs::{LogRegistry, WorkloadLogs};
 use crate::shutdown::Shutdown;
 
 /// How long the server holds a poll open.
-pub const WAIT_SECONDS: u64 = 30;
+pub const WAIT_SECONDS: u64 = 90;
 /// The client gives up on a poll this much later than the server should have answered.
 const POLL_SLACK: Duration = Duration::from_secs(15);
 /// Sessions served at once.

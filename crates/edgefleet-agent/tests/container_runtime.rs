@@ -299,6 +299,7 @@ fn launch(spec: WorkloadSpec) -> Launch {
         key: "key-1".to_owned(),
         deployment: "shop".to_owned(),
         revision: "r7".to_owned(),
+        local_api: None,
     }
 }
 

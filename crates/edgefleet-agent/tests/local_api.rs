@@ -27,7 +27,10 @@ fn serve(dir: &Path) -> Service {
     let locks = Arc::new(Locks::open(&dir.join(FILE_NAME), None).unwrap());
     let api = LocalApi::bind(&dir.join(SOCKET_FILE)).unwrap();
     let (trigger, shutdown) = shutdown::channel();
-    let task = tokio::spawn(api.serve(locks, shutdown));
+    let task = tokio::spawn(api.serve(
+        edgefleet_agent::local_api::Handlers { locks, data: None },
+        shutdown,
+    ));
     Service { trigger, task }
 }
 

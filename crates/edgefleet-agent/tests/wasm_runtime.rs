@@ -139,6 +139,7 @@ fn launch(spec: WorkloadSpec) -> Launch {
         key: "key".into(),
         deployment: "tests".into(),
         revision: "r1".into(),
+        local_api: None,
     }
 }
 

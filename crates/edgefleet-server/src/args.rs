@@ -27,8 +27,9 @@ pub struct ServerArgs {
     /// Lifetime of node certificates
     #[arg(long, env = "EDGEFLEET_NODE_CERT_VALIDITY", default_value = "7d")]
     pub node_cert_validity: DurationSpec,
-    /// A node is NotReady when not heard from for this long
-    #[arg(long, env = "EDGEFLEET_NOT_READY_AFTER", default_value = "45s")]
+    /// A node is NotReady when not heard from for this long. Agents are heard from at
+    /// least at every desired-state poll (every 90 s when idle), so keep it above that
+    #[arg(long, env = "EDGEFLEET_NOT_READY_AFTER", default_value = "150s")]
     pub not_ready_after: DurationSpec,
     /// Largest request body accepted, in bytes
     #[arg(long, env = "EDGEFLEET_MAX_BODY_BYTES", default_value_t = 1048576)]
@@ -53,7 +54,7 @@ impl ServerArgs {
             advertise_url: None,
             san: Vec::new(),
             node_cert_validity: DurationSpec::from_secs(7 * 86_400),
-            not_ready_after: DurationSpec::from_secs(45),
+            not_ready_after: DurationSpec::from_secs(150),
             max_body_bytes: 1_048_576,
             max_artifact_size: ByteSize(8 << 30),
             telemetry: Default::default(),

@@ -189,7 +189,6 @@ pub async fn run(state: AppState) {
 }
 
 /// The routes of this module, appended to the route table.
-#[expect(dead_code, reason = "until routes::table appends these routes")]
 pub fn routes() -> Vec<RouteSpec> {
     vec![route(
         HttpMethod::Get,

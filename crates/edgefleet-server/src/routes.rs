@@ -13,8 +13,8 @@ use edgefleet_wire::api::Role;
 use crate::auth;
 use crate::error::ApiError;
 use crate::handlers::{
-    agent, alerts, artifacts, deployments, meta, nodes, plan, rollouts, sessions, telemetry, tokens,
-    windows,
+    agent, alerts, artifacts, deployments, meta, nodes, plan, rollouts, sessions, telemetry,
+    tokens, windows,
 };
 use crate::state::AppState;
 
@@ -471,6 +471,7 @@ pub fn table() -> Vec<RouteSpec> {
     ];
     routes.extend(telemetry::routes());
     routes.extend(alerts::routes());
+    routes.extend(crate::lake::routes());
     routes
 }
 

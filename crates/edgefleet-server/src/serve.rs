@@ -25,8 +25,11 @@ use crate::auth::PeerCertificate;
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client must send a request's headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client must send a request's headers within this time. hyper counts the idle time of
+/// a kept-alive connection before the next request in it too, so this is also how long an
+/// idle connection stays open: longer than an idle agent's heartbeat interval (5 min), or
+/// every heartbeat would pay a new TLS handshake (kilobytes, on links billed by the byte).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(330);
 /// How long shutdown waits for in-flight requests before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (for example out of file descriptors) before retrying.

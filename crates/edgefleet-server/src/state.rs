@@ -143,8 +143,7 @@ pub mod testing {
             max_body_bytes: 1024,
             artifacts_dir: dir.path().join("artifacts"),
             max_artifact_bytes: 1 << 20,
-            telemetry: crate::telemetry::Telemetry::new(&Default::default(), dir.path())
-                .unwrap(),
+            telemetry: crate::telemetry::Telemetry::new(&Default::default(), dir.path()).unwrap(),
             lake: crate::lake::Lake::new(&Default::default(), dir.path()).unwrap(),
             alerts: crate::alerts::Alerts::new(&Default::default(), dir.path()).unwrap(),
         };

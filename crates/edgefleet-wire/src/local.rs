@@ -53,7 +53,9 @@ pub enum LocalRequest {
         bytes: Option<String>,
     },
     /// The caller's own configuration.
-    Config { token: String },
+    Config {
+        token: String,
+    },
 }
 
 /// What `config` answers: the calling workload as the node runs it.

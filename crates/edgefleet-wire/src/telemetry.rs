@@ -235,7 +235,11 @@ pub struct TrafficTotals {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeTelemetry {
     /// Totals since this time (the first traffic the server counted for the node).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub since: Option<Timestamp>,
     #[serde(default)]
     pub traffic: Vec<TrafficTotals>,
@@ -246,6 +250,10 @@ pub struct NodeTelemetry {
     #[serde(default)]
     pub backlog_records: u64,
     /// When the node's last upload arrived.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub last_upload: Option<Timestamp>,
 }

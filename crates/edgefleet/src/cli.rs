@@ -610,14 +610,18 @@ pub struct AlertsArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum AlertsCommand {
     /// One alert, with its webhook deliveries
-    #[command(after_help = "Examples:\n  edgefleet alerts show 1a2b3c4d\n  edgefleet alerts show 1a2b3c4d -o json")]
+    #[command(
+        after_help = "Examples:\n  edgefleet alerts show 1a2b3c4d\n  edgefleet alerts show 1a2b3c4d -o json"
+    )]
     Show {
         id: String,
         #[command(flatten)]
         output: OutputArgs,
     },
     /// The alert rules and how many of their alerts fire
-    #[command(after_help = "Examples:\n  edgefleet alerts rules\n  edgefleet alerts rules -o yaml      # the manifests as applied")]
+    #[command(
+        after_help = "Examples:\n  edgefleet alerts rules\n  edgefleet alerts rules -o yaml      # the manifests as applied"
+    )]
     Rules {
         #[command(flatten)]
         output: OutputArgs,
@@ -626,7 +630,9 @@ pub enum AlertsCommand {
     #[command(after_help = "Examples:\n  edgefleet alerts delete-rule disk-full")]
     DeleteRule { name: String },
     /// Silence matching alerts for a while: they are tracked, not sent to webhooks
-    #[command(after_help = "Examples:\n  edgefleet alerts silence --site berlin --for 2h --comment 'power work'\n  edgefleet alerts silence --rule disk-full --node edge-7 --for 30m\n\nEvery given matcher must match. A silence that ends while its alerts still fire lets\nthem be notified then.")]
+    #[command(
+        after_help = "Examples:\n  edgefleet alerts silence --site berlin --for 2h --comment 'power work'\n  edgefleet alerts silence --rule disk-full --node edge-7 --for 30m\n\nEvery given matcher must match. A silence that ends while its alerts still fire lets\nthem be notified then."
+    )]
     Silence {
         /// Alerts of this rule
         #[arg(long)]
@@ -648,7 +654,9 @@ pub enum AlertsCommand {
         comment: String,
     },
     /// Silences, newest first
-    #[command(after_help = "Examples:\n  edgefleet alerts silences\n  edgefleet alerts silences -o json")]
+    #[command(
+        after_help = "Examples:\n  edgefleet alerts silences\n  edgefleet alerts silences -o json"
+    )]
     Silences {
         #[command(flatten)]
         output: OutputArgs,

@@ -196,7 +196,7 @@ mod tests {
     #[test]
     fn numbers_are_short() {
         assert_eq!(number(42.0), "42");
-        assert_eq!(number(3.14159), "3.14");
+        assert_eq!(number(1.23456), "1.23");
         assert_eq!(number(123.456), "123.5");
         assert_eq!(number(2_500_000.0), "2.50M");
         assert_eq!(number(8.0e9), "8G");

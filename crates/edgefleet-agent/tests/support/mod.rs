@@ -27,6 +27,10 @@ pub fn agent_args(data_dir: &Path, join: Option<String>) -> AgentArgs {
         // No engine on purpose: agents without containers must not need one.
         container_socket: Some(data_dir.join("no-engine.sock")),
         artifact_cache_max: "64Mi".parse().unwrap(),
+        metrics_interval: "1s".parse().unwrap(),
+        outbox_max: "16Mi".parse().unwrap(),
+        upload_interval: "0s".parse().unwrap(),
+        local_api_tcp: None,
     }
 }
 

@@ -23,7 +23,8 @@ use crate::state::{AppState, now};
 use crate::store::{CertRecord, EnrollOutcome, Enrollment, JoinTokenRecord, NewAudit, NodeRecord};
 
 /// The longest a long poll is held open, whatever the agent asks for.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The longest a desired-state poll is held (agents ask for 90 s).
+const MAX_WAIT: Duration = Duration::from_secs(120);
 
 fn ack() -> Json<Ack> {
     Json(Ack { ok: true })
@@ -220,6 +221,11 @@ pub async fn desired(
     let mut wakeup = state.controller.subscribe(&caller.name);
     let result = wait_for_desired(&state, &caller, &query, &mut wakeup).await;
     drop(wakeup);
+    // The poll is the idle node's sign of life: it was heard from when the poll came
+    // (the authentication touched it) and is again now, at its end.
+    if let Err(error) = state.touch_node(&caller.name).await {
+        tracing::debug!(%error, node = %caller.name, "recording presence at the end of a poll failed");
+    }
     // The map of wake-up channels holds only nodes with a poll open, not every node ever.
     state.controller.forget_idle(&caller.name);
     result

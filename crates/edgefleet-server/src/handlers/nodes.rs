@@ -88,6 +88,10 @@ pub async fn detail(
         .store
         .list_audit(RECENT_CHANGES, Some(&format!("node/{name}")))
         .await?;
+    let mut telemetry = state.store.node_telemetry(&name).await?;
+    let (since, traffic) = state.store.node_traffic(&name).await?;
+    telemetry.since = since;
+    telemetry.traffic = traffic;
     let at = now();
     Ok(Json(NodeDetail {
         summary: node_summary(&node, at, state.not_ready_after),
@@ -97,7 +101,7 @@ pub async fn detail(
         reported: node.reported,
         conflicts: node.conflicts,
         recent_changes,
-        telemetry: None,
+        telemetry: Some(telemetry),
     }))
 }
 

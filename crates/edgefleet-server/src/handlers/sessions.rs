@@ -29,7 +29,8 @@ use crate::sessions::OpenError;
 use crate::state::{AppState, now, stopping};
 
 /// The longest a session poll is held open, whatever the agent asks for.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The longest a sessions poll is held (agents ask for 90 s).
+const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// How long an operator's request waits for the node's agent to pick its session up.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);

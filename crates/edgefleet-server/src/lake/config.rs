@@ -159,23 +159,21 @@ fn default_sink(data_dir: &Path) -> SinkConfig {
 }
 
 /// Deserialises the file's text, naming the line of a syntax or type error.
-///
-/// JSON, which YAML 1.2 contains: the server crate does not depend on a YAML parser yet
-/// (`serde-saphyr`); until it does, the sinks file is written in JSON (or flow-style YAML).
 fn decode<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, ConfigError> {
-    serde_json::from_str(text).map_err(|error| ConfigError {
-        file: file.to_owned(),
-        line: (error.line() > 0).then(|| error.line() as u64),
-        message: strip_position(&error.to_string()),
+    serde_saphyr::from_str(text).map_err(|error| {
+        let full = error.to_string();
+        let first = full.lines().next().unwrap_or_default();
+        // The parser's first line is `error: line L column C: <what>`; ours says file:line.
+        let message = first
+            .find("column ")
+            .and_then(|at| first[at..].split_once(": "))
+            .map_or(first, |(_, what)| what);
+        ConfigError {
+            file: file.to_owned(),
+            line: error.location().map(|l| l.line()).filter(|l| *l > 0),
+            message: message.to_owned(),
+        }
     })
-}
-
-/// serde_json appends ` at line L column C`; the line is in front already.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_owned(),
-        None => message.to_owned(),
-    }
 }
 
 #[derive(Debug, Deserialize)]

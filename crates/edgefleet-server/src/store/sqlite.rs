@@ -1476,6 +1476,6 @@ mod events;
 mod lake;
 mod rollouts;
 mod telemetry;
-mod traffic;
 #[cfg(test)]
 mod tests;
+mod traffic;

@@ -179,6 +179,7 @@ mod tests {
             key: "key1".to_owned(),
             deployment: "shop".to_owned(),
             revision: "r3".to_owned(),
+            local_api: None,
         }
     }
 
