@@ -144,7 +144,8 @@ impl CutBatch {
 
 /// Cuts the next batch from the outbox: streams by priority, each from its oldest waiting
 /// record, at most `max_bytes` of payload (at least one record). `None` when nothing can
-/// be read. Blocking.
+/// be read. A batch holds either the agent's metrics or application streams, never both,
+/// so the server can count its bytes as telemetry or as data. Blocking.
 pub fn cut_batch(
     outbox: &Outbox,
     max_bytes: usize,
@@ -153,7 +154,12 @@ pub fn cut_batch(
     let mut chunks = Vec::new();
     let mut spans = Vec::new();
     let mut payload_bytes = 0usize;
+    let mut metrics_batch: Option<bool> = None;
     for stream in outbox.streams_with_pending() {
+        let is_metrics = stream == edgefleet_wire::telemetry::METRICS_STREAM;
+        if metrics_batch.is_some_and(|metrics| metrics != is_metrics) {
+            continue;
+        }
         let budget = max_bytes.saturating_sub(payload_bytes);
         if budget == 0 {
             break;
@@ -166,6 +172,7 @@ pub fn cut_batch(
         if !chunks.is_empty() && first.payload.len() > budget {
             break;
         }
+        metrics_batch = Some(is_metrics);
         spans.push((stream.clone(), first.seq, last.seq));
         payload_bytes += records.iter().map(|r| r.payload.len()).sum::<usize>();
         let (sink, deployment) = stream_meta(&stream);
@@ -550,9 +557,8 @@ mod tests {
         let meta: StreamMeta =
             Arc::new(|stream: &str| (format!("sink-{stream}"), "dep".to_owned()));
         let cut = cut_batch(&outbox, 550, &meta).unwrap().unwrap();
-        // Five urgent records (500 bytes) first, then as many metrics as fit in 50.
-        assert_eq!(cut.spans[0], ("urgent".to_owned(), 1, 5));
-        assert_eq!(cut.spans[1], ("metrics".to_owned(), 1, 7));
+        // Five urgent records (500 bytes) first; the metrics go in a batch of their own.
+        assert_eq!(cut.spans, [("urgent".to_owned(), 1, 5)]);
         assert!(cut.payload_bytes <= 550, "{}", cut.payload_bytes);
         assert_eq!(cut.batch.outbox, outbox.id());
         assert_eq!(cut.batch.streams[0].sink, "sink-urgent");
@@ -562,8 +568,11 @@ mod tests {
         let alone = cut_batch(&outbox, 10, &meta).unwrap().unwrap();
         assert_eq!(alone.records(), 1);
         assert_eq!(alone.spans, [("urgent".to_owned(), 1, 1)]);
-        // Nothing waits: no batch.
+        // Once the application records are stored, the metrics go, alone.
         outbox.ack("urgent", 10).unwrap();
+        let metrics = cut_batch(&outbox, 550, &meta).unwrap().unwrap();
+        assert_eq!(metrics.spans, [("metrics".to_owned(), 1, 10)]);
+        // Nothing waits: no batch.
         outbox.ack("metrics", 10).unwrap();
         assert_eq!(cut_batch(&outbox, 550, &meta).unwrap(), None);
     }

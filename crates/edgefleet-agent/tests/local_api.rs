@@ -114,7 +114,7 @@ async fn acquire_list_release_and_bad_lines_on_one_connection() {
     // Too long: an error, the rest of the line is skipped, and the connection goes on.
     let long = format!(
         r#"{{"op":"acquire","workload":"x","reason":"{}"}}"#,
-        "a".repeat(10_000)
+        "a".repeat(edgefleet_agent::local_api::LINE_MAX_BYTES + 1)
     );
     let refused = client.send(&long).await;
     assert!(!refused.ok);
@@ -198,4 +198,109 @@ async fn a_file_that_is_not_a_socket_is_left_alone() {
     assert!(matches!(error, LocalApiError::NotASocket { .. }), "{error}");
     assert!(error.to_string().contains(&path.display().to_string()));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+}
+
+/// Records kept in memory: the outbox's place for a protocol test.
+#[derive(Default)]
+struct MemorySink(std::sync::Mutex<Vec<(String, Vec<u8>)>>);
+
+impl edgefleet_agent::data_api::RecordSink for MemorySink {
+    fn append_many(
+        &self,
+        stream: &str,
+        _kind: edgefleet_agent::data_api::RecordKind,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Vec<u64>, String> {
+        let mut records = self.0.lock().unwrap();
+        let mut seqs = Vec::new();
+        for payload in payloads {
+            records.push((stream.to_owned(), payload));
+            seqs.push(records.len() as u64);
+        }
+        Ok(seqs)
+    }
+
+    fn set_policy(&self, _stream: &str, _priority: u8, _ttl: Duration) {}
+}
+
+#[tokio::test]
+async fn loopback_tcp_serves_publish_and_config_with_a_token_and_refuses_locks() {
+    use edgefleet_agent::data_api::DataApi;
+    use edgefleet_wire::api::{DesiredState, DesiredWorkload};
+    use edgefleet_wire::manifest::{StreamSpec, WorkloadSpec};
+    use tokio::net::TcpStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(MemorySink::default());
+    let data = Arc::new(
+        DataApi::open(dir.path(), "n1", dir.path().join("api.sock"), sink.clone()).unwrap(),
+    );
+    data.update(
+        &DesiredState {
+            node: "n1".into(),
+            generation: 1,
+            workloads: vec![DesiredWorkload {
+                deployment: "sensors".into(),
+                revision: "r1".into(),
+                spec_hash: "h".into(),
+                spec: WorkloadSpec::process("reader", "/bin/true"),
+                rolled_back: false,
+                labels: Default::default(),
+                streams: vec![StreamSpec::named("readings")],
+            }],
+        },
+        &Default::default(),
+    );
+    let token = data.token("reader");
+    let locks = Arc::new(Locks::open(&dir.path().join(FILE_NAME), None).unwrap());
+    let refused = LocalApi::bind_tcp("0.0.0.0:0".parse().unwrap()).await;
+    assert!(
+        refused.unwrap_err().to_string().contains("loopback"),
+        "a non-loopback address must be refused"
+    );
+    let api = LocalApi::bind_tcp("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = api.tcp_addr().unwrap();
+    let (trigger, shutdown) = shutdown::channel();
+    let task = tokio::spawn(api.serve(
+        edgefleet_agent::local_api::Handlers {
+            locks,
+            data: Some(data),
+        },
+        shutdown,
+    ));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut ask = async |line: String| -> LocalResponse {
+        writer
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(LIMIT, reader.read_line(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&answer).unwrap()
+    };
+    let published = ask(format!(
+        r#"{{"op":"publish","token":"{token}","stream":"readings","records":[{{"t":1}},{{"t":2}}]}}"#
+    ))
+    .await;
+    assert!(published.ok, "{published:?}");
+    assert_eq!(published.seqs, vec![1, 2]);
+    let config = ask(format!(r#"{{"op":"config","token":"{token}"}}"#)).await;
+    assert_eq!(config.config.unwrap().workload, "reader");
+    let lock = ask(r#"{"op":"acquire","workload":"reader"}"#.to_owned()).await;
+    assert!(
+        !lock.ok && lock.error.as_deref().unwrap().contains("unix socket"),
+        "{lock:?}"
+    );
+    let wrong = ask(r#"{"op":"config","token":"nope"}"#.to_owned()).await;
+    assert!(!wrong.ok);
+    assert_eq!(sink.0.lock().unwrap().len(), 2);
+    trigger.trigger();
+    tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
 }

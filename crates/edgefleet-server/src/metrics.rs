@@ -177,6 +177,11 @@ impl Metrics {
         self.add(FleetCounter::LakeRowsExported, n);
     }
 
+    /// Follows the lake's persisted total of exported rows.
+    pub fn lake_rows_exported_total(&self, total: u64) {
+        self.counters[FleetCounter::LakeRowsExported.index()].raise_to(total);
+    }
+
     pub fn set_alerts_firing(&self, n: u64) {
         self.set(FleetGauge::AlertsFiring, n);
     }
@@ -214,6 +219,10 @@ impl Metrics {
 /// `GET /metrics`: the exposition of everything above.
 pub async fn scrape(State(state): State<AppState>) -> ApiResult<Response> {
     let started = Instant::now();
+    let lake = state.lake.status();
+    state
+        .metrics
+        .lake_rows_exported_total(lake.sinks.iter().map(|s| s.exported_rows).sum());
     let counts = state.store.fleet_counts().await?;
     let mut families = fleet::families(&counts, crate::state::now(), state.not_ready_after);
     families.extend(state.metrics.families());

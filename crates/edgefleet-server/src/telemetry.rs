@@ -7,11 +7,13 @@
 //! - `query`: planning a metric query and shaping its answer (pure).
 //! - The HTTP routes are `crate::handlers::telemetry`; storage is `crate::store::TelemetryStore`.
 //!
-//! **Maintenance** (`run`) wakes every `--metrics-maintenance-interval`: it rolls complete
-//! five-minute buckets up, chunk by chunk (each a short transaction of at most
-//! `ROLLUP_CHUNK_SAMPLES` samples), then deletes expired raw samples and rollups in chunks
-//! of `EXPIRE_CHUNK_ROWS`. Between chunks the database is free for requests. Both steps
-//! are idempotent, so a crash or a restart at any point only means the next run continues.
+//! **Maintenance** (`run`) wakes every `--metrics-maintenance-interval`: it rolls the
+//! samples that arrived since the last run up into five-minute buckets, chunk by chunk
+//! (each a short transaction of at most `ROLLUP_CHUNK_SAMPLES` samples), then deletes
+//! expired raw samples and rollups in chunks of `EXPIRE_CHUNK_ROWS`. Between chunks the
+//! database is free for requests. Both steps are idempotent, so a crash or a restart at
+//! any point only means the next run continues. Raw retention counts from a sample's
+//! arrival, as noted by the rollup runs (see `crate::store::TelemetryStore`).
 
 pub mod ingest;
 pub mod model;
@@ -28,7 +30,7 @@ use edgefleet_wire::{DurationSpec, Timestamp};
 use crate::state::AppState;
 use crate::store::{StoreResult, TelemetryStore};
 
-/// Raw samples summed per rollup transaction, at most (a single bucket may exceed it).
+/// Raw samples summed per rollup transaction, at most.
 pub const ROLLUP_CHUNK_SAMPLES: u64 = 50_000;
 /// Rows deleted per retention transaction, at most.
 pub const EXPIRE_CHUNK_ROWS: u64 = 10_000;
@@ -201,14 +203,15 @@ impl Telemetry {
 /// What one maintenance run did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MaintenanceReport {
-    pub watermark: Option<Timestamp>,
+    /// Every sample with an id up to this one is in the rollups.
+    pub rolled_up_through: u64,
     pub samples_rolled_up: u64,
     pub raw_deleted: u64,
     pub rollups_deleted: u64,
 }
 
-/// One maintenance run at `now`: roll up every complete bucket, then expire, each in
-/// bounded chunks.
+/// One maintenance run at `now`: roll up every sample not rolled up yet, then expire, each
+/// in bounded chunks.
 pub async fn maintain(
     store: &(impl TelemetryStore + ?Sized),
     telemetry: &Telemetry,
@@ -217,7 +220,7 @@ pub async fn maintain(
     let mut report = MaintenanceReport::default();
     for _ in 0..MAX_CHUNKS_PER_RUN {
         let step = store.roll_up_metrics(now, ROLLUP_CHUNK_SAMPLES).await?;
-        report.watermark = step.watermark;
+        report.rolled_up_through = step.rolled_up_through;
         report.samples_rolled_up += step.samples_rolled_up;
         if !step.more {
             break;

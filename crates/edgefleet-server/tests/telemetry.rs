@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use common::{Api, TestServer, read};
-use edgefleet_wire::telemetry::{DropReason, MetricsResponse, Resolution, UploadAck};
+use edgefleet_wire::telemetry::{DropReason, MetricPoint, MetricsResponse, Resolution, UploadAck};
 use edgefleet_wire::workload::ByteSize;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -551,6 +551,69 @@ async fn metric_queries_per_node_and_per_site() {
     assert!(message.contains("needs metric="), "{message}");
     let (status, _) = server.api(None).get("/v1/metrics?node=a-1").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_ranges_are_answered_from_rollups_kept_by_the_background_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = common::args(dir.path());
+    args.telemetry.metrics_raw_retention = "15m".parse().unwrap();
+    args.telemetry.metrics_maintenance_interval = "1s".parse().unwrap();
+    let server = TestServer::start_with(args).await;
+    let node = server.enroll("gw-1", json!({ "site": "a" })).await;
+    // Ten samples a minute apart, from 60 to 51 minutes ago: beyond the raw retention.
+    let start =
+        OffsetDateTime::from_unix_timestamp((now() - minutes(60)).unix_timestamp() / 300 * 300)
+            .unwrap();
+    let records: Vec<Value> = (0..10)
+        .map(|i| cpu(i + 1, start + minutes(i as i64), i as f64))
+        .collect();
+    upload_ok(
+        &server.node_api(&node),
+        &batch("x", json!([{ "stream": "metrics", "records": records }])),
+    )
+    .await;
+    // The maintenance task rolls them up within a few of its 1 s runs.
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while count_rows(
+        &server,
+        "SELECT IFNULL(SUM(sample_count), 0) FROM metric_rollups",
+    ) < 10
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the samples were not rolled up within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count_rows(&server, "SELECT COUNT(*) FROM metric_rollups"),
+        2
+    );
+    let answer = query(&server, "node=gw-1&metric=cpu.used_percent&since=2h").await;
+    let series = &answer.series[0];
+    assert_eq!(series.resolution, Resolution::Rollup);
+    let point = |time, value, min, max| MetricPoint {
+        time,
+        value,
+        min: Some(min),
+        max: Some(max),
+        count: 5,
+    };
+    assert_eq!(
+        series.points,
+        [
+            point(start, 2.0, 0.0, 4.0),
+            point(start + minutes(5), 7.0, 5.0, 9.0)
+        ]
+    );
+    // The fleet view of the same range.
+    let answer = query(&server, "metric=cpu.used_percent&since=2h&group_by=site").await;
+    assert_eq!(answer.series[0].resolution, Resolution::Rollup);
+    assert_eq!(answer.series[0].group.as_deref(), Some("a"));
+    let values: Vec<f64> = answer.series[0].points.iter().map(|p| p.value).collect();
+    assert_eq!(values, [2.0, 7.0]);
     server.stop().await;
 }
 

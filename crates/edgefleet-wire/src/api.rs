@@ -46,6 +46,12 @@
 //! | GET  /v1/artifacts                       | viewer   | → `artifact::ArtifactList`             |
 //! | DELETE /v1/artifacts/{NAME or NAME@sha256:DIGEST} | operator | → `artifact::ArtifactRemoval` (409 while referenced) |
 //! | GET  /v1/agent/artifacts/{NAME@sha256:DIGEST} | node | → the content; `Range: bytes=N-` / `bytes=N-M` → 206, 416 |
+//! | POST /v1/agent/telemetry                 | node     | gzip `telemetry::UploadBatch` → `telemetry::UploadAck` |
+//! | GET  /v1/metrics?node=&metric=&since=&until=&group_by=&selector= | viewer | → `telemetry::MetricsResponse` |
+//! | GET  /v1/lake                            | viewer   | → the data lake exporter's status |
+//! | GET  /metrics                            | viewer   | → Prometheus text exposition |
+//!
+//! Alert rules, alerts and silences: see `crate::alert`.
 //!
 //! Every error is an `ErrorBody` with the matching HTTP status.
 

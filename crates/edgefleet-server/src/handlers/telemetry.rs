@@ -129,6 +129,7 @@ async fn decode_upload(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
 pub async fn upload(
     State(state): State<AppState>,
     caller: NodeCaller,
+    traffic: crate::metrics::TrafficTag,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<UploadAck>> {
@@ -140,11 +141,23 @@ pub async fn upload(
             return Err(error);
         }
     };
+    // Application streams are data, the agent's metrics telemetry (the agent sends them in
+    // separate batches; a mixed batch counts as data).
+    if batch
+        .streams
+        .iter()
+        .any(|s| s.stream != edgefleet_wire::telemetry::METRICS_STREAM)
+    {
+        traffic.set_category(edgefleet_wire::telemetry::TrafficCategory::Data);
+    }
     let outcome = state
         .store
         .ingest_upload(&caller.name, batch, now())
         .await?;
     state.telemetry.count_ingest(&outcome);
+    state.metrics.telemetry_samples(outcome.samples_stored);
+    state.metrics.telemetry_records(outcome.records_stored);
+    state.metrics.telemetry_duplicates(outcome.duplicates);
     Ok(Json(UploadAck {
         streams: outcome.acks,
     }))

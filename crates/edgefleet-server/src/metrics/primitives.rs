@@ -22,6 +22,11 @@ impl Counter {
         self.0.load(Ordering::Relaxed)
     }
 
+    /// Follows a total kept elsewhere (never going down).
+    pub fn raise_to(&self, total: u64) {
+        self.0.fetch_max(total, Ordering::Relaxed);
+    }
+
     pub fn value(&self) -> Value {
         Value::Unsigned(self.get())
     }

@@ -401,7 +401,7 @@ impl Drop for RequestTraffic {
 /// where the handler decides (`/v1/agent/telemetry`: `TrafficCategory::Data` for
 /// application streams). Extracting it never fails; outside agent routes it does nothing.
 ///
-/// ```ignore
+/// ```text
 /// async fn upload(traffic: TrafficTag, ...) {
 ///     if batch_is_application_data { traffic.set_category(TrafficCategory::Data); }
 /// }

@@ -29,7 +29,10 @@ pub use alerts::{
     QueuedNotification,
 };
 pub use lake::LakeStore;
-pub use telemetry::TelemetryStore;
+pub use telemetry::{
+    BucketQuery, ExpireStep, GroupSeries, IngestBatch, IngestOutcome, MetricRow, NodeDropCount,
+    NodeSeriesAnswer, RollupStep, TelemetryStore,
+};
 pub use traffic::{FleetCounts, NodeLiveness, TRAFFIC_CATEGORIES, TrafficDelta, TrafficStore};
 
 /// Opens the default (embedded) store kept in the data directory.

@@ -6,17 +6,20 @@
 //! records above the cursor and advances it, so a batch sent again has no effect. A batch
 //! from another outbox id (the node's outbox was wiped) resets the stream's cursor first.
 //!
-//! **Rollups.** Raw samples are summed into five-minute buckets per (node, metric, labels).
-//! One watermark `W` (a bucket boundary) says how far that went, with this invariant: every
-//! raw sample with `time < W` is counted in the rollups exactly once, no sample with
-//! `time >= W` is. `roll_up_metrics` moves `W` forward in bounded chunks, each chunk in one
-//! transaction together with the rollups it adds; a sample that arrives late (`time < W`,
-//! from a node that was offline) is added to its rollup by the ingest transaction itself.
+//! **Rollups.** Raw samples are summed into five-minute buckets per (node, metric, labels)
+//! (count, sum, min, max: sums merge, so a bucket can take its samples in several steps).
+//! A cursor over sample ids says how far that went, with this invariant: every sample with
+//! an id up to the cursor is counted in the rollups exactly once, no sample above it is.
+//! `roll_up_metrics` moves the cursor forward in bounded chunks, each chunk in one
+//! transaction together with the rollups it adds, so a crash or a second run never counts
+//! a sample twice. Samples that arrive late (a node that was offline) simply have higher
+//! ids and are rolled up like any other.
 //!
-//! **Retention.** Raw samples older than the raw retention are deleted only once they are
-//! rolled up (`time < W`) and exported to the lake (`id <=` the lake's `metrics` cursor);
-//! rollups older than the rollup retention are deleted. Stream records are deleted by the
-//! lake exporter, never here.
+//! **Retention.** Raw samples are deleted once they arrived more than the raw retention
+//! ago (each rollup step notes which ids had arrived by when), are rolled up, and are
+//! exported to the lake (`id <=` the lake's `metrics` cursor). Rollups of buckets older
+//! than the rollup retention are deleted. Stream records are deleted by the lake
+//! exporter, never here.
 //!
 //! The data types of uploads, steps and reads live in `crate::telemetry::model` (shared
 //! with the decoder and the query planner) and are re-exported here.
@@ -53,7 +56,8 @@ pub struct NodeDropCount {
 
 #[async_trait]
 pub trait TelemetryStore: Send + Sync {
-    /// Raw samples of metric `name` of every node taken at or after `since`, oldest first.
+    /// Raw samples of metric `name` of every node taken at or after `since`, oldest first
+    /// (nodes of the node table, enrolled or revoked; uploads come only from them).
     /// Alert rules read their windows through this.
     async fn metric_window(&self, name: &str, since: Timestamp) -> StoreResult<Vec<MetricRow>>;
 
@@ -74,13 +78,14 @@ pub trait TelemetryStore: Send + Sync {
     /// traffic accounting fills them).
     async fn node_telemetry(&self, node: &str) -> StoreResult<NodeTelemetry>;
 
-    /// Rolls up one bounded chunk of complete buckets: buckets ending at or before
-    /// `now - ROLLUP_BUCKET`, at most about `max_samples` raw samples (but at least one
-    /// bucket). Idempotent: the watermark moves in the same transaction.
+    /// Rolls up the next samples not rolled up yet, at most `max_samples` of them, and
+    /// notes that every sample stored so far arrived by `now` (for raw retention).
+    /// Idempotent: the cursor moves in the same transaction as the rollups.
     async fn roll_up_metrics(&self, now: Timestamp, max_samples: u64) -> StoreResult<RollupStep>;
 
-    /// Deletes at most `limit` raw samples older than `raw_before` (only rolled-up ones the
-    /// lake has exported) and at most `limit` rollups of buckets older than `rollups_before`.
+    /// Deletes at most `limit` raw samples that arrived before `raw_before` (only rolled-up
+    /// ones the lake has exported, oldest first) and at most `limit` rollups of buckets
+    /// before `rollups_before`.
     async fn expire_metrics(
         &self,
         raw_before: Timestamp,

@@ -88,11 +88,11 @@ pub struct IngestOutcome {
 /// What one step of `roll_up_metrics` did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RollupStep {
-    /// The watermark after the step: every sample older is in the rollups.
-    pub watermark: Option<Timestamp>,
+    /// Every sample with an id up to this one is in the rollups.
+    pub rolled_up_through: u64,
     /// Raw samples summed into rollups by this step.
     pub samples_rolled_up: u64,
-    /// Whether complete buckets remain to be rolled up (call again).
+    /// Whether samples remain to be rolled up (call again).
     pub more: bool,
 }
 
