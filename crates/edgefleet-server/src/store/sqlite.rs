@@ -273,6 +273,60 @@ fn corrupt(what: impl Into<String>, reason: impl std::fmt::Display) -> StoreErro
     }
 }
 
+/// A table of named manifests kept by content hash (maintenance windows, alert rules):
+/// its statements and the words its errors and audit entries use.
+struct HashedTable {
+    /// `SELECT hash FROM <table> WHERE name = ?1`
+    select_hash: &'static str,
+    /// `INSERT INTO <table> (name, hash, manifest, updated_at) ... ON CONFLICT (name) ...`
+    upsert: &'static str,
+    reading: &'static str,
+    saving: &'static str,
+    /// What the manifest is, for encoding errors: `maintenance window`.
+    noun: &'static str,
+    /// The audit object's prefix: `window` in `window/nights`.
+    object: &'static str,
+}
+
+/// Creates or replaces one manifest of `table` unless the stored one has the same hash,
+/// with an audit entry for a change; says what it did.
+fn apply_hashed<M: Serialize>(
+    tx: &Transaction<'_>,
+    table: &HashedTable,
+    (name, hash, manifest): (&str, &str, &M),
+    actor: &str,
+    at: Timestamp,
+) -> StoreResult<ApplyAction> {
+    let current: Option<String> = tx
+        .query_row(table.select_hash, [name], |row| row.get(0))
+        .optional()
+        .map_err(db(table.reading))?;
+    let action = match current {
+        Some(stored) if stored == hash => return Ok(ApplyAction::Unchanged),
+        Some(_) => ApplyAction::Updated,
+        None => ApplyAction::Created,
+    };
+    let manifest = to_json(table.noun, manifest)?;
+    tx.execute(table.upsert, params![name, hash, manifest, time_to_db(at)])
+        .map_err(db(table.saving))?;
+    let verb = if action == ApplyAction::Created {
+        "created"
+    } else {
+        "updated"
+    };
+    insert_audit(
+        tx,
+        &NewAudit::new(
+            at,
+            actor,
+            "apply",
+            format!("{}/{name}", table.object),
+            format!("{verb} ({})", edgefleet_core::hash::short(hash)),
+        ),
+    )?;
+    Ok(action)
+}
+
 fn to_json<T: Serialize>(what: &str, value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| backend(&format!("encoding {what}"), e))
 }

@@ -16,8 +16,8 @@ use edgefleet_wire::api::ApplyAction;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    SqliteStore, commit, corrupt, db, from_json, insert_audit, time_from_db, time_to_db, to_json,
-    u32_from_db, u64_from_db, u64_to_db, write_tx,
+    HashedTable, SqliteStore, apply_hashed, commit, corrupt, db, from_json, insert_audit,
+    time_from_db, time_to_db, to_json, u32_from_db, u64_from_db, u64_to_db, write_tx,
 };
 use crate::store::{
     AlertFilter, AlertRuleRecord, AlertStore, DeliveryOutcome, NewAudit, NewNotification, Pruned,
@@ -121,47 +121,20 @@ fn apply_rules(
     actor: &str,
     at: Timestamp,
 ) -> StoreResult<Vec<(String, ApplyAction)>> {
+    const RULES: HashedTable = HashedTable {
+        select_hash: "SELECT hash FROM alert_rules WHERE name = ?1",
+        upsert: "INSERT INTO alert_rules (name, hash, manifest, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (name) DO UPDATE SET hash = ?2, manifest = ?3, updated_at = ?4",
+        reading: "reading an alert rule",
+        saving: "saving an alert rule",
+        noun: "alert rule",
+        object: "alert-rule",
+    };
     let tx = write_tx(connection)?;
     let mut results = Vec::with_capacity(items.len());
     for item in items {
         let name = &item.manifest.metadata.name;
-        let current: Option<String> = tx
-            .query_row(
-                "SELECT hash FROM alert_rules WHERE name = ?1",
-                [name],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db("reading an alert rule"))?;
-        let action = match current {
-            Some(hash) if hash == item.hash => ApplyAction::Unchanged,
-            Some(_) => ApplyAction::Updated,
-            None => ApplyAction::Created,
-        };
-        if action != ApplyAction::Unchanged {
-            let manifest = to_json("alert rule", &item.manifest)?;
-            tx.execute(
-                "INSERT INTO alert_rules (name, hash, manifest, updated_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (name) DO UPDATE SET hash = ?2, manifest = ?3, updated_at = ?4",
-                params![name, item.hash, manifest, time_to_db(at)],
-            )
-            .map_err(db("saving an alert rule"))?;
-            let verb = if action == ApplyAction::Created {
-                "created"
-            } else {
-                "updated"
-            };
-            insert_audit(
-                &tx,
-                &NewAudit::new(
-                    at,
-                    actor,
-                    "apply",
-                    format!("alert-rule/{name}"),
-                    format!("{verb} ({})", edgefleet_core::hash::short(&item.hash)),
-                ),
-            )?;
-        }
+        let action = apply_hashed(&tx, &RULES, (name, &item.hash, &item.manifest), actor, at)?;
         results.push((name.clone(), action));
     }
     commit(tx)?;

@@ -5,9 +5,12 @@
 use edgefleet_core::rollout::Rollout;
 use edgefleet_wire::Timestamp;
 use edgefleet_wire::api::ApplyAction;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
-use super::{commit, db, from_json, insert_audit, time_from_db, time_to_db, to_json, write_tx};
+use super::{
+    HashedTable, apply_hashed, commit, db, from_json, insert_audit, time_from_db, time_to_db,
+    to_json, write_tx,
+};
 use crate::store::{NewAudit, StoreResult, WindowRecord};
 
 pub(super) fn save_rollouts(connection: &mut Connection, rollouts: &[Rollout]) -> StoreResult<()> {
@@ -91,45 +94,20 @@ pub(super) fn apply_windows(
     actor: &str,
     at: Timestamp,
 ) -> StoreResult<Vec<(String, ApplyAction)>> {
+    const WINDOWS: HashedTable = HashedTable {
+        select_hash: "SELECT hash FROM windows WHERE name = ?1",
+        upsert: "INSERT INTO windows (name, hash, manifest, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (name) DO UPDATE SET hash = ?2, manifest = ?3, updated_at = ?4",
+        reading: "reading a maintenance window",
+        saving: "saving a maintenance window",
+        noun: "maintenance window",
+        object: "window",
+    };
     let tx = write_tx(connection)?;
     let mut results = Vec::with_capacity(items.len());
     for item in items {
         let name = &item.manifest.metadata.name;
-        let current: Option<String> = tx
-            .query_row("SELECT hash FROM windows WHERE name = ?1", [name], |row| {
-                row.get(0)
-            })
-            .optional()
-            .map_err(db("reading a maintenance window"))?;
-        let action = match current {
-            Some(hash) if hash == item.hash => ApplyAction::Unchanged,
-            Some(_) => ApplyAction::Updated,
-            None => ApplyAction::Created,
-        };
-        if action != ApplyAction::Unchanged {
-            let manifest = to_json("maintenance window", &item.manifest)?;
-            tx.execute(
-                "INSERT INTO windows (name, hash, manifest, updated_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (name) DO UPDATE SET hash = ?2, manifest = ?3, updated_at = ?4",
-                params![name, item.hash, manifest, time_to_db(at)],
-            )
-            .map_err(db("saving a maintenance window"))?;
-            let verb = if action == ApplyAction::Created {
-                "created"
-            } else {
-                "updated"
-            };
-            insert_audit(
-                &tx,
-                &NewAudit::new(
-                    at,
-                    actor,
-                    "apply",
-                    format!("window/{name}"),
-                    format!("{verb} ({})", edgefleet_core::hash::short(&item.hash)),
-                ),
-            )?;
-        }
+        let action = apply_hashed(&tx, &WINDOWS, (name, &item.hash, &item.manifest), actor, at)?;
         results.push((name.clone(), action));
     }
     commit(tx)?;
